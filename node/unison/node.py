@@ -1,0 +1,240 @@
+"""Composition root: wires storage, HTTP, replication and notifications for a role.
+
+`unison node -config FILE replicator|relayer`. A replicator serves its namespaces
+read-write; a relayer serves them read-only and follows upstreams. Parts only meet here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from unison.config import ConfigError, NodeConfig, load_config
+from unison.storage import NamespaceStore
+
+log = logging.getLogger("unison.node")
+
+ROLES = ("replicator", "relayer")
+
+
+class StartupError(RuntimeError):
+    """Start-up failed for a reason a person can fix (port in use, unreadable dir...)."""
+
+
+class FollowerLike(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+    @property
+    def caught_up(self) -> bool: ...
+
+
+class NotifierLike(Protocol):
+    def metrics(self) -> dict[str, int]: ...
+
+
+@dataclass
+class NodeContext:
+    """What the HTTP API may see of a running node."""
+
+    config: NodeConfig
+    role: str
+    stores: dict[str, NamespaceStore]
+    writable: frozenset[str]
+    followers: dict[str, FollowerLike] = field(default_factory=dict)  # namespace -> follower
+    notifiers: dict[str, NotifierLike] = field(default_factory=dict)  # namespace -> notifier
+    started_at: float = field(default_factory=time.time)
+
+    def ready(self) -> tuple[bool, list[str]]:
+        """(ready?, reasons it is not)."""
+        reasons = [f"namespace {ns}: storage closed" for ns, s in self.stores.items() if s.closed]
+        reasons += [f"namespace {ns}: follower not caught up with "
+                    f"{f.status().get('upstream', 'upstream')}"
+                    for ns, f in self.followers.items() if not f.caught_up]
+        return not reasons, reasons
+
+
+class Node:
+    def __init__(self, config: NodeConfig, role: str) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        self.config = config
+        self.role = role
+        self.stores: dict[str, NamespaceStore] = {}
+        self._followers: dict[str, Any] = {}
+        self._notifiers: dict[str, Any] = {}
+        self._grpc: Any = None
+        self._http: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ctx: NodeContext | None = None
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        base = Path(cfg.storage.base_dir)
+        for ns in cfg.storage.namespaces:
+            try:
+                self.stores[ns] = NamespaceStore(ns, base / ns).open()
+            except Exception as e:
+                raise StartupError(f"namespace {ns}: cannot open storage in {base / ns}: {e}") from e
+            self.stores[ns].start()
+
+        if self.role == "relayer":
+            writable: frozenset[str] = frozenset()
+        else:
+            writable = frozenset(self.stores)
+            if cfg.relayers:
+                log.warning("relayer_config is ignored by a replicator; start with 'relayer' "
+                            "to follow upstreams")
+        self.ctx = NodeContext(cfg, self.role, self.stores, writable)
+
+        if cfg.notifiers:
+            from unison.notify.publisher import Notifier
+
+            for nc in cfg.notifiers:
+                notifier = Notifier(self.stores[nc.namespace], nc, cfg.write_notify)
+                await notifier.start()  # raises StartupError naming port and namespace
+                self._notifiers[nc.namespace] = notifier
+                self.ctx.notifiers[nc.namespace] = notifier
+
+        if cfg.grpc.port:
+            from unison.replication.server import ReplicationServer
+
+            self._grpc = ReplicationServer(self.stores, cfg.grpc)
+            await self._grpc.start()
+            log.info("gRPC server listening on %s:%d", cfg.grpc.listen_ip, cfg.grpc.port)
+
+        if self.role == "relayer":
+            from unison.replication.follower import Follower
+
+            for up in cfg.relayers:
+                for ns in up.namespaces:
+                    follower = Follower(self.stores[ns], up)
+                    follower.start()
+                    self._followers[ns] = follower
+                    self.ctx.followers[ns] = follower
+
+        wc = cfg.storage.wal_cleanup
+        if wc.enabled and (wc.max_age > 0 or wc.max_records > 0):
+            self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
+
+        from unison.api.app import build_app
+
+        self._http = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False)
+        await self._http.setup()
+        site = web.TCPSite(self._http, cfg.http.listen_ip, cfg.http_port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            raise StartupError(f"HTTP port {cfg.http_port} on {cfg.http.listen_ip}: {e.strerror}") from e
+        log.info("HTTP server listening on :%d", cfg.http_port)
+        for ns in cfg.storage.namespaces:
+            mode = "read-write" if ns in writable else "read-only"
+            log.info("Namespace '%s' initialized (%s, lsn %d)", ns, mode, self.stores[ns].last_lsn)
+
+    async def _retention_loop(self) -> None:
+        wc = self.config.storage.wal_cleanup
+        while True:
+            await asyncio.sleep(wc.interval)
+            for store in self.stores.values():
+                try:
+                    await store.apply_retention(wc.max_records, wc.max_age)
+                except Exception:
+                    log.exception("namespace %s: retention pass failed", store.name)
+
+    async def stop(self) -> None:
+        """Stop accepting, drain, close RocksDB. Safe to call more than once."""
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for follower in self._followers.values():
+            await follower.stop()
+        self._followers.clear()
+        if self._grpc is not None:
+            await self._grpc.stop()
+            self._grpc = None
+        for notifier in self._notifiers.values():
+            await notifier.stop()
+        self._notifiers.clear()
+        for store in self.stores.values():
+            await store.close()
+        self.stores.clear()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level={"warn": logging.WARNING}.get(level, getattr(logging, level.upper(), logging.INFO)),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="unison node",
+        description="Run a Unison node. 'replicator' serves its namespaces read-write and "
+        "streams their log over gRPC; 'relayer' follows upstreams read-only and publishes "
+        "change notifications over ZeroMQ.",
+        epilog="example: unison node -config dc1.toml replicator",
+    )
+    # UnisonDB spells it -config; keep that, and the usual --config.
+    p.add_argument("-config", "--config", "-c", dest="config", required=True, metavar="FILE",
+                   help="UnisonDB-style TOML config file")
+    p.add_argument("role", choices=ROLES, help="node role")
+    return p.parse_args(argv)
+
+
+async def _serve(node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    log.info("node ready (role %s, config %s)", node.role, node.config.source)
+    await stop.wait()
+    log.info("shutting down")
+    await node.stop()
+    log.info("stopped cleanly")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        print(f"unison node: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log.log_level)
+    node = Node(config, args.role)
+    try:
+        asyncio.run(_serve(node))
+    except StartupError as e:
+        log.error("start-up failed: %s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,81 @@
+"""Log records: one per mutation, numbered by LSN, protected by CRC32."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+# crc32, op, ts_ms, key length; then key bytes, then value bytes.
+_HEADER = struct.Struct(">IBQI")
+_LSN = struct.Struct(">Q")
+
+
+class Op(IntEnum):
+    PUT = 0
+    DELETE = 1
+
+    @property
+    def word(self) -> str:
+        return "put" if self is Op.PUT else "delete"
+
+
+class CorruptRecord(ValueError):
+    """A log record whose CRC32 does not match its content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    lsn: int
+    op: Op
+    key: bytes
+    value: bytes = b""
+    ts_ms: int = 0  # commit time at the origin, kept across replication hops
+    crc32: int = 0  # 0 means "compute it": see with_crc()
+
+    def body(self) -> bytes:
+        return _HEADER.pack(0, self.op, self.ts_ms, len(self.key))[4:] + self.key + self.value
+
+    def checksum(self) -> int:
+        return zlib.crc32(self.body())
+
+    def with_crc(self) -> Record:
+        return Record(self.lsn, self.op, self.key, self.value, self.ts_ms, self.checksum())
+
+    def verify(self) -> None:
+        if self.crc32 != self.checksum():
+            raise CorruptRecord(
+                f"record lsn={self.lsn} key={self.key[:64]!r}: CRC32 mismatch "
+                f"(stored {self.crc32:#010x}, computed {self.checksum():#010x})"
+            )
+
+    def encode(self) -> bytes:
+        body = self.body()
+        return struct.pack(">I", zlib.crc32(body)) + body
+
+    @staticmethod
+    def decode(lsn: int, raw: bytes) -> Record:
+        crc, op, ts_ms, klen = _HEADER.unpack_from(raw)
+        start = _HEADER.size
+        key = raw[start : start + klen]
+        rec = Record(lsn, Op(op), bytes(key), bytes(raw[start + klen :]), ts_ms, crc)
+        rec.verify()
+        return rec
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.value) + _HEADER.size
+
+
+def lsn_key(lsn: int) -> bytes:
+    return _LSN.pack(lsn)
+
+
+def lsn_of(key: bytes) -> int:
+    return _LSN.unpack(key)[0]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
