@@ -224,19 +224,11 @@ class NamespaceStore:
                 break
         return out
 
-    async def wait_beyond(self, lsn: int, timeout: float | None = None) -> bool:
-        """Wait until last_lsn > lsn (True) or timeout / close (False). No polling."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+    async def wait_beyond(self, lsn: int) -> bool:
+        """Wait until last_lsn > lsn (True) or the store closes (False). No polling;
+        bound it with `asyncio.timeout()` where needed."""
         while self.last_lsn <= lsn and not self.closed:
-            event = self._committed
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return False
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                return self.last_lsn > lsn
+            await self._committed.wait()
         return self.last_lsn > lsn
 
     def subscribe(self, listener: CommitListener) -> Callable[[], None]:
