@@ -26,7 +26,7 @@ protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
 bench: $(STAMP)
-	$(VENV)/bin/unison bench
+	$(PY) -m bench.run
 
 image:
 	bash scripts/container/prepare.sh

@@ -18,7 +18,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("unison.local.demo", "start a local cluster and run the seed's scenarios"),
     "render": ("unison_operator.render_cli", "print the Kubernetes manifests for a UnisonCluster"),
     "operator": ("unison_operator.run", "run the Kubernetes operator (kopf)"),
-    "bench": ("unison.bench_cli", "run the benchmarks under bench/ and write a report"),
 }
 
 
