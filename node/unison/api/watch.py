@@ -1,14 +1,176 @@
-"""Server-sent events of committed changes (`GET /api/v1/{ns}/watch`).
+"""Server-sent events of committed changes: `GET /api/v1/{ns}/watch?from_lsn=N`.
 
-Placeholder registration point: the notifications work fills this in.
+The stream replays the retained log from N in bounded chunks, then tails it, waking on
+commits (no polling). Every event is `id: <lsn>` plus the same JSON as the ZeroMQ
+notification, so a client resumes after a disconnect by sending the last id it saw
+(`Last-Event-ID`, as EventSource does, or `from_lsn=<last id + 1>`): no gap, no duplicate.
+When N is older than the retained log the answer is 410 and the client must rescan.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 from typing import Any
 
 from aiohttp import web
 
+from unison.notify.message import encode_notification
+from unison.storage import LogTrimmed, NamespaceStore, StoreClosed
 
-def add_watch_routes(app: web.Application, ctx: Any) -> None:
-    """Register the watch route(s) on the node's HTTP app."""
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10.0
+CHUNK_RECORDS = 500
+CHUNK_BYTES = 1024 * 1024
+
+_CLOSING = web.AppKey("unison_watch_closing", asyncio.Event)
+_HEARTBEAT = web.AppKey("unison_watch_heartbeat", float)
+_STATS = web.AppKey("unison_watch_stats", dict)
+
+
+def add_watch_routes(app: web.Application, ctx: Any, *,
+                     heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    """Register the watch route on the node's HTTP app (ctx: a `unison.node.NodeContext`)."""
+    app[_CLOSING] = asyncio.Event()
+    app[_HEARTBEAT] = heartbeat
+    app[_STATS] = {"watch_streams": 0, "watch_events_sent": 0}
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Streams never finish on their own: tell them to end so shutdown does not wait.
+        app[_CLOSING].set()
+
+    app.on_shutdown.append(on_shutdown)
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        return await _watch(request, ctx)
+
+    app.router.add_get("/api/v1/{namespace}/watch", watch)
+
+
+def watch_metrics(app: web.Application) -> dict[str, int]:
+    """Gauge `watch_streams` (open streams) and counter `watch_events_sent`, for /metrics."""
+    return dict(app.get(_STATS, {}))
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _parse_lsn(text: str, what: str) -> int | web.Response:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        return _error(400, f"{what}: expected a non-negative integer (an LSN), got {text!r}")
+    return value
+
+
+def _start_lsn(request: web.Request, store: NamespaceStore) -> int | web.Response:
+    """First LSN to send. Last-Event-ID (a reconnect) wins over from_lsn; neither: tail only."""
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id is not None and last_id.strip():
+        parsed = _parse_lsn(last_id, "Last-Event-ID header")
+        return parsed + 1 if isinstance(parsed, int) else parsed
+    raw = request.query.get("from_lsn")
+    if raw is None:
+        return store.last_lsn + 1
+    return _parse_lsn(raw, "from_lsn")
+
+
+def _trimmed(store: NamespaceStore, wanted: int) -> bool:
+    return wanted < store.first_lsn and wanted <= store.last_lsn
+
+
+async def _watch(request: web.Request, ctx: Any) -> web.StreamResponse:
+    ns = request.match_info["namespace"]
+    store: NamespaceStore | None = ctx.stores.get(ns)
+    if store is None:
+        return _error(404, f"namespace not found: {ns}")
+    start = _start_lsn(request, store)
+    if isinstance(start, web.Response):
+        return start
+    start = max(start, 1)
+    if store.closed:
+        return _error(503, f"namespace {ns}: storage is closed")
+    if _trimmed(store, start):
+        return _trimmed_response(ns, start, store.first_lsn)
+
+    resp = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    })
+    await resp.prepare(request)
+    closing = request.app[_CLOSING]
+    heartbeat = request.app[_HEARTBEAT]
+    stats = request.app[_STATS]
+    closing_wait = asyncio.ensure_future(closing.wait())
+    next_lsn = start
+    stats["watch_streams"] += 1
+    try:
+        await resp.write(f": watching {ns} from lsn {start}\n\n".encode())
+        while not closing.is_set():
+            try:
+                records = store.read_log(next_lsn, CHUNK_RECORDS, CHUNK_BYTES)
+            except LogTrimmed as e:
+                # Trimmed (or replaced by a snapshot) while we were behind: say so and end;
+                # the reconnect then gets the 410.
+                await resp.write(_sse_error("log trimmed", lsn=e.wanted,
+                                            first_retained_lsn=e.first))
+                break
+            if records:
+                out = bytearray()
+                for r in records:
+                    out += b"id: %d\ndata: " % r.lsn
+                    out += encode_notification(ns, r)
+                    out += b"\n\n"
+                next_lsn = records[-1].lsn + 1
+                await resp.write(bytes(out))
+                stats["watch_events_sent"] += len(records)
+                continue
+            if not await _wait_for_commit(store, next_lsn - 1, closing_wait, heartbeat):
+                if store.closed or closing.is_set():
+                    break
+                await resp.write(b": heartbeat\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.debug("namespace %s: watch client went away at lsn %d", ns, next_lsn)
+        raise
+    except StoreClosed:
+        pass
+    finally:
+        closing_wait.cancel()
+        stats["watch_streams"] -= 1
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp
+
+
+async def _wait_for_commit(store: NamespaceStore, lsn: int, closing_wait: asyncio.Future[Any],
+                           heartbeat: float) -> bool:
+    """True when a record beyond `lsn` exists; False on heartbeat timeout, close or shutdown."""
+    if store.last_lsn > lsn:
+        return True
+    waiter = asyncio.ensure_future(store.wait_beyond(lsn))
+    try:
+        await asyncio.wait((waiter, closing_wait), timeout=heartbeat,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    return store.last_lsn > lsn and not store.closed
+
+
+def _sse_error(message: str, **extra: Any) -> bytes:
+    return b"event: error\ndata: " + json.dumps({"error": message, **extra}).encode() + b"\n\n"
+
+
+def _trimmed_response(ns: str, wanted: int, first: int) -> web.Response:
+    return _error(
+        410,
+        f"namespace {ns}: lsn {wanted} is older than the retained log (oldest retained lsn "
+        f"is {first}); rescan the namespace, then watch from its current offset",
+        namespace=ns, requested_lsn=wanted, first_retained_lsn=first,
+    )

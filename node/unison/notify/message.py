@@ -1,0 +1,35 @@
+"""The change notification, as sent over ZeroMQ and over the HTTP watch.
+
+UnisonDB subscribers expect two frames: topic `<namespace>.kv` and a JSON object with
+exactly `key`, `namespace`, `operation`, `entry_type` and `seq_num`. Keeping the one
+encoder here makes the ZeroMQ frames and the watch events identical by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from unison.storage.records import Record
+
+ENTRY_TYPE = "kv"
+
+
+def topic(namespace: str) -> bytes:
+    return f"{namespace}.{ENTRY_TYPE}".encode()
+
+
+def notification(namespace: str, record: Record) -> dict[str, Any]:
+    return {
+        # Keys are plain strings for subscribers; undecodable bytes must not kill the feed.
+        "key": record.key.decode("utf-8", "replace"),
+        "namespace": namespace,
+        "operation": record.op.word,
+        "entry_type": ENTRY_TYPE,
+        "seq_num": record.lsn,
+    }
+
+
+def encode_notification(namespace: str, record: Record) -> bytes:
+    return json.dumps(notification(namespace, record), separators=(",", ":"),
+                      ensure_ascii=False).encode()
