@@ -1,0 +1,357 @@
+"""Pure rendering: a validated UnisonCluster -> the Kubernetes objects it consists of.
+
+No I/O and no clock: the same spec, name and namespace always give the same list of
+dicts, in the same order (ConfigMap first, then per part Services, StatefulSet, PDB, then
+the client). Every object carries `unisondb.io/applied-hash`, a digest of the rest of the
+object, which lets the operator skip writes when the live object is already up to date.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from unison.config import RELAYER_NAME, NodePlan, render_toml
+
+from .spec import API_VERSION, KIND, ClusterSpec, PlacementSpec, StorageSpec
+
+DATA_DIR = "/data"
+CONFIG_DIR = "/etc/unison"
+RUN_AS = 10001
+MANAGER = "unison-operator"
+HASH_ANNOTATION = "unisondb.io/applied-hash"
+CONFIG_HASH_ANNOTATION = "unisondb.io/config-hash"
+ZMQ_PORTS_ANNOTATION = "unisondb.io/zmq-ports"
+PART_LABEL = "unisondb.io/part"
+DEFAULT_RESOURCES = {
+    "node": {"requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "512Mi"}},
+    "client": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+}
+
+
+@dataclass(frozen=True)
+class Names:
+    """Object names of one UnisonCluster, so handlers and tests agree with the renderer."""
+
+    cluster: str
+
+    @property
+    def config_map(self) -> str:
+        return f"{self.cluster}-config"
+
+    def statefulset(self, part: str) -> str:
+        return f"{self.cluster}-{part}"
+
+    def headless(self, part: str) -> str:
+        return f"{self.cluster}-{part}-headless"
+
+    def service(self, part: str) -> str:
+        return f"{self.cluster}-{part}"
+
+    @property
+    def client(self) -> str:
+        return f"{self.cluster}-client"
+
+
+def labels(cluster: str, component: str, part: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "unison",
+        "app.kubernetes.io/instance": cluster,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "unison",
+        "app.kubernetes.io/managed-by": MANAGER,
+        PART_LABEL: part,
+    }
+
+
+def selector(cluster: str, part: str) -> dict[str, str]:
+    """Pod selector of a part; kept minimal because StatefulSet selectors are immutable."""
+    return {"app.kubernetes.io/instance": cluster, "app.kubernetes.io/name": "unison",
+            PART_LABEL: part}
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def k8s_plans(spec: ClusterSpec, name: str, namespace: str) -> list[NodePlan]:
+    """Node plans as the pods see them: data in /data, upstreams via headless-Service DNS."""
+    names = Names(name)
+
+    def upstream(dc: str, port: int) -> str:
+        pod = f"{names.statefulset(dc)}-0"
+        return f"{pod}.{names.headless(dc)}.{namespace}.svc.{spec.cluster_domain}:{port}"
+
+    return spec.plan(base_dir=lambda _node: DATA_DIR, upstream_address=upstream)
+
+
+# ---------------------------------------------------------------- building blocks
+
+
+def _meta(name: str, namespace: str, labels_: dict[str, str], owner: dict[str, Any] | None,
+          annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels_)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return meta
+
+
+def _owner(name: str, uid: str | None) -> dict[str, Any] | None:
+    if not uid:
+        return None  # `unison render` output: no live owner to point at
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def _resources(given: dict[str, dict[str, str]], kind: str) -> dict[str, Any]:
+    return {k: dict(v) for k, v in (given or DEFAULT_RESOURCES[kind]).items()}
+
+
+def _pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def _placement(pod_spec: dict[str, Any], placement: PlacementSpec) -> None:
+    sel = placement.selector()
+    if sel:
+        pod_spec["nodeSelector"] = dict(sorted(sel.items()))
+
+
+def _ports(plan: NodePlan) -> list[dict[str, Any]]:
+    ports = [{"name": "http", "containerPort": plan.http_port, "protocol": "TCP"},
+             {"name": "grpc", "containerPort": plan.grpc_port, "protocol": "TCP"}]
+    # Port names are at most 15 characters, so notifier ports are numbered in
+    # followed-namespace order; the Service annotation maps namespaces to ports.
+    for i, port in enumerate(plan.notifier_ports.values()):
+        ports.append({"name": f"zmq-{i}", "containerPort": port, "protocol": "TCP"})
+    return ports
+
+
+def _zmq_annotation(plan: NodePlan) -> dict[str, str]:
+    if not plan.notifier_ports:
+        return {}
+    return {ZMQ_PORTS_ANNOTATION: ",".join(f"{ns}={p}" for ns, p in plan.notifier_ports.items())}
+
+
+def _pvc_template(storage: StorageSpec, labels_: dict[str, str]) -> dict[str, Any]:
+    pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class_name:
+        pvc_spec["storageClassName"] = storage.storage_class_name
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "labels": dict(labels_)}, "spec": pvc_spec}
+
+
+# ---------------------------------------------------------------- objects
+
+
+def config_map(name: str, namespace: str, plans: list[NodePlan],
+               owner: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(Names(name).config_map, namespace, labels(name, "config", "config"),
+                          owner),
+        "data": {f"{p.name}.toml": render_toml(p.config) for p in plans},
+    }
+
+
+def services(name: str, namespace: str, plan: NodePlan, component: str,
+             owner: dict[str, Any] | None) -> list[dict[str, Any]]:
+    names = Names(name)
+    lbl = labels(name, component, plan.name)
+    ports = [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"],
+              "protocol": "TCP"} for p in _ports(plan)]
+    headless = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.headless(plan.name), namespace, lbl, owner, _zmq_annotation(plan)),
+        "spec": {
+            "clusterIP": "None",
+            # Pod DNS names must resolve before readiness: the relayer dials the
+            # datacenter pods by name, and a relayer is only ready once it caught up.
+            "publishNotReadyAddresses": True,
+            "selector": selector(name, plan.name),
+            "ports": ports,
+        },
+    }
+    client = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.service(plan.name), namespace, lbl, owner, _zmq_annotation(plan)),
+        "spec": {"type": "ClusterIP", "selector": selector(name, plan.name), "ports": ports},
+    }
+    return [headless, client]
+
+
+def statefulset(name: str, namespace: str, spec: ClusterSpec, plan: NodePlan, toml: str,
+                owner: dict[str, Any] | None) -> dict[str, Any]:
+    names = Names(name)
+    if plan.role == "relayer":
+        component, replicas = "relayer", spec.relayer.replicas
+        storage, resources, placement = (spec.relayer.storage, spec.relayer.resources,
+                                         spec.relayer.placement)
+    else:
+        dc = spec.datacenter(plan.name)
+        # A datacenter is one writable primary: exactly one pod owns its namespaces.
+        component, replicas = "datacenter", 1
+        storage, resources, placement = dc.storage, dc.resources, dc.placement
+    lbl = labels(name, component, plan.name)
+    config_file = f"{plan.name}.toml"
+    pod_spec: dict[str, Any] = {
+        "securityContext": _pod_security(),
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 30,
+        "containers": [{
+            "name": "node",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "args": ["node", "-config", f"{CONFIG_DIR}/{config_file}", plan.role],
+            "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+            "ports": _ports(plan),
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
+                               "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                              "initialDelaySeconds": 10, "periodSeconds": 10,
+                              "timeoutSeconds": 5, "failureThreshold": 6},
+            "resources": _resources(resources, "node"),
+            "securityContext": _container_security(),
+            "volumeMounts": [
+                {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+                {"name": "data", "mountPath": DATA_DIR},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        }],
+        "volumes": [
+            {"name": "config", "configMap": {"name": names.config_map,
+                                             "items": [{"key": config_file,
+                                                        "path": config_file}]}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    _placement(pod_spec, placement)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(names.statefulset(plan.name), namespace, lbl, owner),
+        "spec": {
+            "serviceName": names.headless(plan.name),
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(name, plan.name)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": storage.reclaim_policy,
+                                                     "whenScaled": "Retain"},
+            "template": {
+                # The config hash makes a TOML change roll exactly the pods it concerns.
+                "metadata": {"labels": lbl,
+                             "annotations": {CONFIG_HASH_ANNOTATION: digest(toml)}},
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [_pvc_template(storage, lbl)],
+        },
+    }
+
+
+def pod_disruption_budget(name: str, namespace: str, part: str, component: str,
+                          owner: dict[str, Any] | None) -> dict[str, Any]:
+    # maxUnavailable 1: node drains still work for single-pod parts, and a multi-replica
+    # relayer never loses more than one pod at a time to voluntary disruptions.
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(Names(name).statefulset(part), namespace,
+                          labels(name, component, part), owner),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name, part)}},
+    }
+
+
+def client_objects(name: str, namespace: str, spec: ClusterSpec, relayer: NodePlan,
+                   owner: dict[str, Any] | None) -> list[dict[str, Any]]:
+    names = Names(name)
+    lbl = labels(name, "client", "client")
+    host = names.service(RELAYER_NAME)
+    args = ["client", "--http", f"http://{host}:{relayer.http_port}"]
+    for ns, port in relayer.notifier_ports.items():
+        args += ["--zmq", f"{ns}=tcp://{host}:{port}"]
+    port = spec.client.state_port
+    args += ["--state-host", "0.0.0.0", "--state-port", str(port)]
+    pod_spec: dict[str, Any] = {
+        "securityContext": _pod_security(),
+        "enableServiceLinks": False,
+        "containers": [{
+            "name": "client",
+            "image": spec.image,
+            "imagePullPolicy": spec.image_pull_policy,
+            "args": args,
+            "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+            "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                               "periodSeconds": 5, "timeoutSeconds": 3},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+                              "initialDelaySeconds": 10, "periodSeconds": 10,
+                              "failureThreshold": 6},
+            "resources": _resources(spec.client.resources, "client"),
+            "securityContext": _container_security(),
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        }],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],
+    }
+    _placement(pod_spec, spec.client.placement)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(names.client, namespace, lbl, owner),
+        "spec": {
+            "replicas": spec.client.replicas,
+            "selector": {"matchLabels": selector(name, "client")},
+            "template": {"metadata": {"labels": lbl}, "spec": pod_spec},
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.client, namespace, lbl, owner),
+        "spec": {"type": "ClusterIP", "selector": selector(name, "client"),
+                 "ports": [{"name": "http", "port": port, "targetPort": "http",
+                            "protocol": "TCP"}]},
+    }
+    return [service, deployment]
+
+
+def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
+    """Stamp the object with a digest of its own content (the skip-write marker)."""
+    meta = obj["metadata"]
+    annotations = {k: v for k, v in meta.get("annotations", {}).items() if k != HASH_ANNOTATION}
+    body = {**obj, "metadata": {**meta, "annotations": annotations}}
+    annotations[HASH_ANNOTATION] = digest(body)
+    meta["annotations"] = dict(sorted(annotations.items()))
+    return obj
+
+
+def render(spec: ClusterSpec, name: str, namespace: str, uid: str | None = None
+           ) -> list[dict[str, Any]]:
+    """Every object of the cluster, in apply order. `uid` adds owner references."""
+    owner = _owner(name, uid)
+    plans = k8s_plans(spec, name, namespace)
+    cm = config_map(name, namespace, plans, owner)
+    objects: list[dict[str, Any]] = [cm]
+    for plan in plans:
+        component = "relayer" if plan.role == "relayer" else "datacenter"
+        objects += services(name, namespace, plan, component, owner)
+        objects.append(statefulset(name, namespace, spec, plan, cm["data"][f"{plan.name}.toml"],
+                                   owner))
+        objects.append(pod_disruption_budget(name, namespace, plan.name, component, owner))
+    if spec.client.enabled:
+        objects += client_objects(name, namespace, spec, plans[-1], owner)
+    return [with_hash(o) for o in objects]
