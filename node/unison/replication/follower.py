@@ -1,0 +1,280 @@
+"""Follower: keeps one namespace of this node identical to the same namespace upstream.
+
+It streams from `last_lsn + 1`, applies each batch in one write that keeps the upstream's
+LSNs (progress is the store's own last_lsn, persisted with the data), installs snapshots
+when it is behind the upstream's retained log, and reconnects with capped exponential
+backoff plus jitter. Nothing is ever skipped: a batch that fails its CRC check or does
+not continue the log is refused and the stream is retried from the last applied LSN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import grpc
+
+from unison.config import UpstreamConfig
+from unison.replication import replication_pb2 as pb
+from unison.replication import replication_pb2_grpc as pb_grpc
+from unison.replication.tls import TLSConfigError, channel_credentials
+from unison.replication.wire import CHANNEL_OPTIONS, from_pb
+from unison.storage import CorruptRecord, NamespaceStore, OutOfOrder, StoreClosed
+from unison.storage.records import now_ms
+
+log = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """The upstream sent something this follower must not apply; retry the stream."""
+
+
+class Follower:
+    def __init__(self, store: NamespaceStore, upstream: UpstreamConfig, *,
+                 backoff_base_s: float = 0.05, backoff_cap_s: float = 2.0,
+                 idle_timeout_s: float = 10.0, name: str = "") -> None:
+        self.store = store
+        self.upstream = upstream
+        self.namespace = store.name
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        # Heartbeats arrive every second on an idle stream; silence this long means the
+        # connection is dead even if TCP has not noticed.
+        self.idle_timeout_s = idle_timeout_s
+        self.name = name or f"{upstream.name}/{store.name}"
+        self._task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        # Status, read by /stats, /metrics and /readyz.
+        self.connected = False
+        self.upstream_lsn: int | None = None  # unknown until the upstream first speaks
+        self.last_contact: float | None = None  # monotonic time of the last message
+        self.last_applied_ts_ms = 0  # origin commit time of the newest applied record
+        self.last_sent_ms = 0
+        self.attempts = 0
+        self.reconnects = 0
+        self.records_applied = 0
+        self.batches_applied = 0
+        self.snapshots_installed = 0
+        self.refused_batches = 0
+        self.last_error = ""
+        self._snapshot_open = False
+        self._progressed = False
+        self._started = time.monotonic()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"follower-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_channel()
+        self.connected = False
+
+    async def _close_channel(self) -> None:
+        if self._channel is not None:
+            channel, self._channel = self._channel, None
+            await channel.close(grace=None)
+
+    # ------------------------------------------------------------ status
+
+    @property
+    def applied_lsn(self) -> int:
+        return self.store.last_lsn
+
+    @property
+    def lag_records(self) -> int | None:
+        if self.upstream_lsn is None:
+            return None
+        return max(0, self.upstream_lsn - self.applied_lsn)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        lag = self.lag_records
+        if lag is None:
+            return None
+        if lag == 0:
+            return 0.0
+        # Behind: the newest data we hold was committed at the origin this long ago.
+        since = self.last_applied_ts_ms or self.last_sent_ms
+        return max(0.0, (now_ms() - since) / 1000) if since else None
+
+    @property
+    def caught_up(self) -> bool:
+        """Lag known (the upstream spoke since start) and within segment_lag_threshold."""
+        lag = self.lag_records
+        return lag is not None and lag <= self.upstream.segment_lag_threshold
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.upstream.name,
+            "upstream": self.upstream.upstream_address,
+            "namespace": self.namespace,
+            "connected": self.connected,
+            "applied_lsn": self.applied_lsn,
+            "upstream_lsn": self.upstream_lsn,
+            "lag_records": self.lag_records,
+            "lag_seconds": self.lag_seconds,
+            "segment_lag_threshold": self.upstream.segment_lag_threshold,
+            "caught_up": self.caught_up,
+            "last_contact_seconds_ago": (None if self.last_contact is None
+                                         else round(time.monotonic() - self.last_contact, 3)),
+            "connect_attempts": self.attempts,
+            "reconnects": self.reconnects,
+            "records_applied": self.records_applied,
+            "batches_applied": self.batches_applied,
+            "snapshots_installed": self.snapshots_installed,
+            "refused_batches": self.refused_batches,
+            "last_error": self.last_error,
+        }
+
+    # ------------------------------------------------------------ the loop
+
+    def _backoff(self, failures: int) -> float:
+        delay = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(failures, 30))
+        return delay + random.uniform(0, delay / 2)  # jitter: spread reconnect storms
+
+    async def _run(self) -> None:
+        addr = self.upstream.upstream_address
+        failures = 0
+        while True:
+            self.attempts += 1
+            from_lsn = self.store.last_lsn + 1
+            log.info("replication: connecting to %s for namespace %s (attempt %d, from lsn %d)",
+                     addr, self.namespace, self.attempts, from_lsn)
+            self._progressed = False
+            try:
+                await self._follow_once(from_lsn)
+                reason = "upstream ended the stream"
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                reason = f"{e.code().name}: {e.details()}"
+            except _Refused as e:
+                reason = str(e)
+            except StoreClosed:
+                log.info("replication: namespace %s closed; follower of %s stops",
+                         self.namespace, addr)
+                return
+            except TLSConfigError as e:
+                reason = f"TLS configuration: {e}"
+            except Exception as e:  # keep following whatever happens; say what it was
+                log.exception("replication: follower of %s for namespace %s failed",
+                              addr, self.namespace)
+                reason = f"{type(e).__name__}: {e}"
+            finally:
+                self.connected = False
+                await self._close_channel()
+            if self._snapshot_open:
+                # A half-loaded snapshot must not be mistaken for data: start clean.
+                with contextlib.suppress(StoreClosed):
+                    await self.store.begin_snapshot_install()
+                self._snapshot_open = False
+            self.last_error = reason
+            self.reconnects += 1
+            # A stream that applied something resets the backoff; repeated failures grow it.
+            failures = 0 if self._progressed else failures + 1
+            delay = self._backoff(failures)
+            log.warning("replication: stream from %s for namespace %s interrupted (%s); "
+                        "reconnect attempt %d in %.2fs from lsn %d", addr, self.namespace,
+                        reason, self.attempts + 1, delay, self.store.last_lsn + 1)
+            await asyncio.sleep(delay)
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        up = self.upstream
+        if up.allow_insecure:
+            return grpc.aio.insecure_channel(up.upstream_address, options=CHANNEL_OPTIONS)
+        creds = channel_credentials(up.ca_path, up.cert_path, up.key_path,
+                                    section=f"relayer_config.{up.name}")
+        return grpc.aio.secure_channel(up.upstream_address, creds, options=CHANNEL_OPTIONS)
+
+    async def _follow_once(self, from_lsn: int) -> None:
+        """One stream from from_lsn until it breaks."""
+        self._channel = self._open_channel()
+        stub = pb_grpc.ReplicationStub(self._channel)
+        call = stub.Stream(pb.StreamRequest(namespace=self.namespace, from_lsn=from_lsn,
+                                            follower=self.name))
+        try:
+            while True:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return
+                if not self.connected:
+                    self.connected = True
+                    log.info("replication: streaming namespace %s from %s (from lsn %d)",
+                             self.namespace, self.upstream.upstream_address, from_lsn)
+                self.last_contact = time.monotonic()
+                if await self._handle(msg):
+                    self._progressed = True
+        except TimeoutError:
+            raise _Refused(f"no message from the upstream for {self.idle_timeout_s:.0f}s") \
+                from None
+        finally:
+            call.cancel()
+
+    async def _handle(self, msg: pb.StreamResponse) -> bool:
+        kind = msg.WhichOneof("body")
+        if kind == "batch":
+            b = msg.batch
+            self.last_sent_ms = b.sent_ms
+            self.upstream_lsn = b.upstream_lsn
+            if not b.records:
+                return False
+            await self._apply(b)
+            return True
+        if kind == "heartbeat":
+            self.upstream_lsn = msg.heartbeat.upstream_lsn
+            self.last_sent_ms = msg.heartbeat.sent_ms
+            return False
+        if kind == "snapshot_begin":
+            lsn = msg.snapshot_begin.lsn
+            log.warning("replication: namespace %s is behind the retained log of %s; "
+                        "installing a snapshot at lsn %d (replaces local data)",
+                        self.namespace, self.upstream.upstream_address, lsn)
+            await self.store.begin_snapshot_install()
+            self._snapshot_open = True
+            self.upstream_lsn = max(self.upstream_lsn or 0, lsn)
+            return False
+        if kind == "snapshot_chunk":
+            if not self._snapshot_open:
+                raise _Refused("snapshot chunk without a snapshot begin")
+            await self.store.load_snapshot_items([(kv.key, kv.value)
+                                                  for kv in msg.snapshot_chunk.items])
+            return False
+        if kind == "snapshot_end":
+            if not self._snapshot_open:
+                raise _Refused("snapshot end without a snapshot begin")
+            await self.store.finish_snapshot_install(msg.snapshot_end.lsn)
+            self._snapshot_open = False
+            self.snapshots_installed += 1
+            log.info("replication: namespace %s: snapshot from %s installed at lsn %d "
+                     "(%d keys)", self.namespace, self.upstream.upstream_address,
+                     msg.snapshot_end.lsn, msg.snapshot_end.keys)
+            return True
+        raise _Refused(f"unexpected message {kind!r} from the upstream")
+
+    async def _apply(self, batch: pb.RecordBatch) -> None:
+        try:
+            records = from_pb(batch.records)
+            await self.store.apply_records(records)
+        except (CorruptRecord, OutOfOrder, ValueError) as e:
+            self.refused_batches += 1
+            first, last = batch.records[0].lsn, batch.records[-1].lsn
+            log.error("replication: refused batch of lsn %d..%d for namespace %s from %s: %s "
+                      "(nothing applied; will retry from lsn %d)", first, last, self.namespace,
+                      self.upstream.upstream_address, e, self.store.last_lsn + 1)
+            raise _Refused(f"refused batch lsn {first}..{last}: {e}") from e
+        self.records_applied += len(records)
+        self.batches_applied += 1
+        self.last_applied_ts_ms = records[-1].ts_ms
