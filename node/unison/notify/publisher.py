@@ -112,7 +112,6 @@ class Notifier:
             "dropped": self.dropped,
             "pending": len(self._pending),
             "last_seq_num": self.last_seq_num,
-            "bind_port": self.config.bind_port,
         }
 
     # ------------------------------------------------------------ commit path
