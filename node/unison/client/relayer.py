@@ -1,0 +1,97 @@
+"""The relayer's HTTP API as the client uses it: get one key, scan a namespace, read the
+namespace's offset. Every failure becomes RelayerError with a readable reason."""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+SCAN_PAGE = 1000
+
+
+class RelayerError(Exception):
+    """The relayer could not be reached or answered something unusable."""
+
+
+def _raise_if_namespace_missing(url: str, status: int, doc: Any) -> None:
+    # a 404 naming the namespace is a wrong namespace, not a missing key or endpoint
+    if status == 404 and isinstance(doc, dict) and "namespace not found" in str(doc.get("error")):
+        raise RelayerError(f"GET {url}: {doc['error']}")
+
+
+class RelayerAPI:
+    def __init__(self, base_url: str, session: aiohttp.ClientSession) -> None:
+        self.base = base_url.rstrip("/")
+        self.session = session
+
+    def _url(self, ns: str, *parts: str) -> str:
+        # ':' stays readable (lww:user-status), '/' and the rest are escaped
+        quoted = [urllib.parse.quote(p, safe=":@") for p in (ns, *parts)]
+        return f"{self.base}/api/v1/" + "/".join(quoted)
+
+    async def _get_json(self, url: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
+        try:
+            async with self.session.get(url, params=params) as resp:
+                text = await resp.text()
+                if resp.status >= 500:
+                    raise RelayerError(f"GET {url}: HTTP {resp.status}: {text[:200]}")
+                try:
+                    return resp.status, await resp.json(content_type=None)
+                except ValueError:
+                    raise RelayerError(
+                        f"GET {url}: HTTP {resp.status} with a body that is not JSON: {text[:200]!r}"
+                    ) from None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise RelayerError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+
+    async def get(self, ns: str, key: str) -> str | None:
+        """The key's base64 value, or None when the relayer does not have it."""
+        url = self._url(ns, "kv", key)
+        status, doc = await self._get_json(url)
+        _raise_if_namespace_missing(url, status, doc)
+        if status == 404:
+            return None
+        if status != 200 or not isinstance(doc, dict):
+            raise RelayerError(f"GET {url}: HTTP {status}: {doc!r:.200}")
+        if not doc.get("found", "value" in doc):
+            return None
+        value = doc.get("value")
+        if not isinstance(value, str):
+            raise RelayerError(f"GET {url}: 'value' is not a string: {value!r:.100}")
+        return value
+
+    async def scan(self, ns: str, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
+        """Every (key, base64 value) under prefix, paging with `after`. Values are passed
+        on unchecked: a bad one is the CRDT layer's to report, with its key."""
+        url = self._url(ns, "kv")
+        after: str | None = None
+        while True:
+            params = {"prefix": prefix, "limit": str(SCAN_PAGE)}
+            if after is not None:
+                params["after"] = after
+            status, doc = await self._get_json(url, params)
+            if status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("items"), list):
+                raise RelayerError(f"scan {url}?prefix={prefix}: HTTP {status}: {doc!r:.200}")
+            items = doc["items"]
+            for item in items:
+                if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+                    raise RelayerError(f"scan {url}: item without a string 'key': {item!r:.100}")
+                yield item["key"], item.get("value")
+            if not doc.get("more") or not items:
+                return
+            after = items[-1]["key"]
+
+    async def offset(self, ns: str) -> int | None:
+        """The namespace's latest LSN, or None when the relayer has no offset endpoint."""
+        url = self._url(ns, "offset")
+        status, doc = await self._get_json(url)
+        _raise_if_namespace_missing(url, status, doc)
+        if status in (404, 405):
+            return None
+        lsn = doc.get("lsn") if isinstance(doc, dict) else None
+        if status != 200 or isinstance(lsn, bool) or not isinstance(lsn, int):
+            raise RelayerError(f"GET {url}: HTTP {status}: no integer 'lsn' in {doc!r:.200}")
+        return lsn

@@ -1,0 +1,350 @@
+"""One namespace: subscribe to its notifier, bootstrap from a scan, merge each change,
+and rescan whenever notifications may have been missed.
+
+Why the rescans: ZeroMQ PUB/SUB drops messages while a subscriber is (re)connecting and
+when its queue is full. Each notification carries the record's LSN as `seq_num`, so a
+jump means something was missed; the relayer's `/offset` being ahead of the last
+`seq_num` seen (for a whole resync interval) means the last notifications were missed.
+Either way a scan of the namespace brings the state back; merges are idempotent, so
+scanning too often costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from unison.client import output
+from unison.client.metrics import Metrics
+from unison.client.relayer import RelayerAPI, RelayerError
+from unison.crdt import CRDTState, Kind, MalformedValueError, Outcome
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.5
+BACKOFF_MAX = 10.0
+
+
+class Console:
+    """stdout for the seed's lines (flushed at once so pipes see them live)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+
+    def show(self, text: str, *, always: bool = False) -> None:
+        if always or not self.quiet:
+            print(text, flush=True, file=sys.stdout)
+
+
+@dataclass
+class Notification:
+    topic: str
+    key: str
+    namespace: str
+    operation: str
+    entry_type: str
+    seq_num: int
+
+
+def parse_notification(topic: bytes, body: bytes) -> Notification:
+    """Decode the two frames; ValueError naming what is wrong."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"notification is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError("notification is not a JSON object")
+    for name in ("key", "namespace", "operation"):
+        if not isinstance(doc.get(name), str):
+            raise ValueError(f"notification field {name!r} is missing or not a string")
+    seq = doc.get("seq_num")
+    if isinstance(seq, bool) or not isinstance(seq, int):
+        raise ValueError("notification field 'seq_num' is missing or not an integer")
+    return Notification(
+        topic=topic.decode("utf-8", "replace"),
+        key=doc["key"],
+        namespace=doc["namespace"],
+        operation=doc["operation"],
+        entry_type=str(doc.get("entry_type", "kv")),
+        seq_num=seq,
+    )
+
+
+class NamespaceSync:
+    def __init__(
+        self,
+        namespace: str,
+        address: str,
+        *,
+        ctx: zmq.asyncio.Context,
+        api: RelayerAPI,
+        state: CRDTState,
+        metrics: Metrics,
+        console: Console,
+        resync_interval: float,
+        stop: asyncio.Event,
+    ) -> None:
+        self.ns = namespace
+        self.address = address
+        self.api = api
+        self.state = state
+        self.metrics = metrics
+        self.console = console
+        self.resync_interval = resync_interval
+        self.stop = stop
+        self.last_seq: int | None = None
+        self.synced = False  # the first scan finished
+        self._needs_rescan: str | None = None
+        self._offset_target: int | None = None  # offset seen one interval ago
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+
+    def connect(self) -> None:
+        """Connect and subscribe (raises zmq.ZMQError for a bad address)."""
+        self.console.show(f"Connecting to ZeroMQ {self.ns}: {self.address}", always=True)
+        self.sock.connect(self.address)
+        # filter on the namespace prefix, as the seed's client does
+        self.sock.setsockopt(zmq.SUBSCRIBE, self.ns.encode())
+        self.console.show(f"ZeroMQ listener started for namespace: {self.ns}", always=True)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+    def status(self) -> dict[str, Any]:
+        return {"address": self.address, "synced": self.synced, "last_seq": self.last_seq}
+
+    # -- main loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        # subscribe first, then scan: whatever is written after the scan's start arrives
+        # as a notification (or shows up as a gap), whatever before is in the scan
+        await self.rescan("bootstrap")
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self.resync_interval
+        while not self.stop.is_set():
+            if self._needs_rescan:
+                await self.rescan(self._needs_rescan)
+                continue
+            timeout = 1.0
+            if self.resync_interval > 0:
+                timeout = max(0.0, min(timeout, next_check - loop.time()))
+            if await self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+                frames = await self.sock.recv_multipart()
+                try:
+                    await self.on_message(frames)
+                except Exception:  # one bad message must not end the client
+                    log.exception("%s: failed to handle a notification", self.ns)
+            if self.resync_interval > 0 and loop.time() >= next_check:
+                await self.check_offset()
+                next_check = loop.time() + self.resync_interval
+
+    async def on_message(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
+            log.warning("%s: skipping notification with %d frames (want 2)", self.ns, len(frames))
+            return
+        try:
+            n = parse_notification(frames[0], frames[1])
+        except ValueError as exc:
+            self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
+            log.warning("%s: skipping malformed notification %r: %s", self.ns, frames[1][:200], exc)
+            return
+        if n.namespace != self.ns:
+            log.debug("%s: ignoring notification for namespace %r", self.ns, n.namespace)
+            return
+        self.metrics.inc("unison_client_notifications_received_total", namespace=self.ns)
+        self.console.show(output.notification(n.topic, n.key, n.operation, n.seq_num))
+
+        previous = self.last_seq
+        self._see_seq(n.seq_num)
+        if previous is None:
+            # no baseline from /offset: what came before this message is unknown
+            await self.rescan("first-notification")
+            return
+        if n.seq_num > previous + 1:
+            log.warning(
+                "%s: seq_num gap: expected %d, got %d; %d notification(s) missed, rescanning",
+                self.ns,
+                previous + 1,
+                n.seq_num,
+                n.seq_num - previous - 1,
+            )
+            await self.rescan("gap")
+            return
+
+        if n.entry_type != "kv":
+            log.info("%s: ignoring %s entry for key %r", self.ns, n.entry_type, n.key)
+        elif n.operation == "put":
+            await self.fetch_and_merge(n.key)
+        elif n.operation == "delete":
+            self.metrics.inc("unison_client_deletes_total", namespace=self.ns)
+            log.info(
+                "%s: key %r deleted; CRDT state keeps its value (a CRDT cannot un-merge)",
+                self.ns,
+                n.key,
+            )
+            self.console.show("Skipping delete operation (CRDT state is kept)")
+        else:
+            self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
+            log.warning("%s: unknown operation %r for key %r; skipped", self.ns, n.operation, n.key)
+
+    def _see_seq(self, seq: int) -> None:
+        if self.last_seq is None or seq > self.last_seq:
+            self.last_seq = seq
+            self.metrics.set("unison_client_last_seq", seq, namespace=self.ns)
+
+    # -- merging ------------------------------------------------------------------------
+
+    def merge(self, key: str, value: Any, *, verbose: bool) -> Outcome | None:
+        """Merge one base64 value; malformed data is logged with the key and skipped."""
+        try:
+            if not isinstance(value, str):
+                raise MalformedValueError(key, "value is not a base64 string")
+            result = self.state.apply_b64(key, value)
+        except MalformedValueError as exc:
+            self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
+            log.warning("%s: skipping %s", self.ns, exc)
+            return None
+        metric = {
+            Outcome.UPDATED: "unison_client_updates_applied_total",
+            Outcome.STALE: "unison_client_stale_ignored_total",
+            Outcome.UNCHANGED: "unison_client_duplicates_total",
+            Outcome.IGNORED: "unison_client_unknown_keys_total",
+        }[result.outcome]
+        self.metrics.inc(metric, namespace=self.ns)
+        if verbose:
+            self.console.show(output.apply_result(result))
+        return result.outcome
+
+    async def fetch_and_merge(self, key: str) -> None:
+        try:
+            value = await self.api.get(self.ns, key)
+        except RelayerError as exc:
+            self.metrics.inc("unison_client_relayer_errors_total", namespace=self.ns)
+            log.warning("%s: could not fetch %r (%s); will rescan", self.ns, key, exc)
+            self._needs_rescan = "fetch-failed"
+            return
+        if value is None:
+            log.info(
+                "%s: key %r is gone from the relayer (deleted since); nothing to merge",
+                self.ns,
+                key,
+            )
+            return
+        if self.merge(key, value, verbose=True) is Outcome.UPDATED:
+            self.show_state()
+
+    def show_state(self) -> None:
+        snap = self.state.snapshot()
+        for kind, name in (
+            (Kind.LWW, "lww"),
+            (Kind.GCOUNTER, "counters"),
+            (Kind.PNCOUNTER, "pncounters"),
+        ):
+            self.metrics.set("unison_client_keys", len(snap[name]), crdt=kind.name.lower())
+        self.console.show(output.state_block(snap))
+
+    # -- scans --------------------------------------------------------------------------
+
+    async def rescan(self, reason: str) -> None:
+        """Scan the namespace until it succeeds, backing off while the relayer is away."""
+        self._needs_rescan = None
+        self.metrics.inc("unison_client_rescans_total", namespace=self.ns, reason=reason)
+        log.info("%s: scanning namespace (%s)", self.ns, reason)
+        delay = BACKOFF_START
+        while not self.stop.is_set():
+            try:
+                baseline = await self.api.offset(self.ns)
+                counts = await self._scan_all()
+                break
+            except RelayerError as exc:
+                self.metrics.inc("unison_client_relayer_errors_total", namespace=self.ns)
+                log.warning(
+                    "%s: relayer not reachable for scan (%s); retrying in %.1fs",
+                    self.ns,
+                    exc,
+                    delay,
+                )
+                try:
+                    await asyncio.wait_for(self.stop.wait(), delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, BACKOFF_MAX)
+        else:
+            return
+        if baseline is not None:
+            if self.last_seq is not None and baseline < self.last_seq:
+                log.warning(
+                    "%s: relayer offset %d is behind seq_num %d seen before (relayer reset?)",
+                    self.ns,
+                    baseline,
+                    self.last_seq,
+                )
+                self.last_seq = baseline
+            self._see_seq(baseline)
+        self._offset_target = baseline
+        self.synced = True
+        log.info(
+            "%s: scan done (%s): %d keys, %d updated, %d malformed, offset %s",
+            self.ns,
+            reason,
+            counts["keys"],
+            counts["updated"],
+            counts["malformed"],
+            baseline,
+        )
+        self.console.show(
+            f"Scanned {self.ns} ({reason}): {counts['keys']} keys, {counts['updated']} updated"
+        )
+        if counts["updated"]:
+            self.show_state()
+
+    async def _scan_all(self) -> dict[str, int]:
+        counts = {"keys": 0, "updated": 0, "malformed": 0}
+        for kind in Kind:
+            async for key, value in self.api.scan(self.ns, kind.value):
+                counts["keys"] += 1
+                outcome = self.merge(key, value, verbose=False)
+                if outcome is None:
+                    counts["malformed"] += 1
+                elif outcome is Outcome.UPDATED:
+                    counts["updated"] += 1
+        return counts
+
+    async def check_offset(self) -> None:
+        """Catch a lost final notification: if, one interval after the relayer reported
+        offset L, we still have not seen seq_num L, rescan."""
+        try:
+            lsn = await self.api.offset(self.ns)
+        except RelayerError as exc:
+            self.metrics.inc("unison_client_relayer_errors_total", namespace=self.ns)
+            log.debug("%s: offset check failed: %s", self.ns, exc)
+            return
+        if lsn is None:
+            return
+        seen = self.last_seq if self.last_seq is not None else -1
+        target = self._offset_target
+        if lsn < seen:
+            log.warning(
+                "%s: relayer offset %d is behind seq_num %d seen (relayer reset?)",
+                self.ns,
+                lsn,
+                seen,
+            )
+            self._needs_rescan = "offset-behind"
+        elif target is not None and seen < target:
+            log.warning(
+                "%s: relayer offset reached %d but last seq_num seen is %d; rescanning",
+                self.ns,
+                target,
+                seen,
+            )
+            self._needs_rescan = "offset-ahead"
+        self._offset_target = lsn
