@@ -140,6 +140,7 @@ class ClusterSpec:
     log_level: str = "info"
     cluster_domain: str = "cluster.local"
     name: str | None = None  # metadata.name when parsed from a manifest
+    namespace: str | None = None  # metadata.namespace, if the manifest gives one
 
     def datacenter(self, name: str) -> DatacenterSpec:
         for dc in self.datacenters:
@@ -459,6 +460,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
         raise SpecError(f"expected a UnisonCluster object, got {_fmt(manifest_or_spec)}")
     doc = manifest_or_spec
     name: str | None = None
+    namespace: str | None = None
     if "kind" in doc or "apiVersion" in doc or "metadata" in doc:
         if doc.get("kind") != KIND:
             raise SpecError(f"kind: expected {KIND}, got {_fmt(doc.get('kind'))}")
@@ -466,6 +468,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
             raise SpecError(f"apiVersion: expected {API_VERSION}, got {_fmt(doc.get('apiVersion'))}")
         meta = _mapping(doc.get("metadata"), "metadata")
         name = _str(meta, "name", "metadata", required=True)
+        namespace = _str(meta, "namespace", "metadata")
         spec = _mapping(doc.get("spec"), "spec")
     else:
         spec = doc
@@ -500,6 +503,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
         log_level=_enum(spec, "logLevel", path, "info", LOG_LEVELS),
         cluster_domain=domain,
         name=name,
+        namespace=namespace,
     )
 
 

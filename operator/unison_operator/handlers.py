@@ -1,0 +1,324 @@
+"""kopf wiring: reconcile UnisonClusters into their children and reflect readiness.
+
+The logic lives in plain async functions (`reconcile`, `observe`, `cluster_status`);
+`make_registry` only binds them to kopf events, so tests can run kopf's real runner
+with their own registry, login and API client.
+
+- create / update / resume -> parse the spec, render, apply each child (create, or
+  server-side apply when its content hash changed, skip when unchanged), then status;
+- a timer re-reads the children and updates `status` (phase, Ready condition, counts);
+- an invalid spec -> Warning Event + `Ready=False/InvalidSpec` condition, no child touched;
+- deletion: owner references let Kubernetes collect the children; PVCs follow the
+  StatefulSets' persistentVolumeClaimRetentionPolicy (Retain unless the spec says Delete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from .kube import KubeClient, KubeError
+from .render import HASH_ANNOTATION, Names, render
+from .spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    ClusterSpec,
+    SpecError,
+    parse_cluster,
+    quantity_value,
+)
+
+log = logging.getLogger(__name__)
+
+READY = "Ready"
+
+
+@dataclass
+class OperatorConfig:
+    """What differs between production and tests."""
+
+    client_factory: Callable[[], KubeClient] = KubeClient.from_environment
+    status_interval: float = 10.0  # seconds between readiness checks per cluster
+    recreate_timeout: float = 60.0  # wait for an orphan-deleted StatefulSet to go away
+
+
+# ---------------------------------------------------------------- applying
+
+
+def _hash(obj: Mapping[str, Any] | None) -> str | None:
+    if not obj:
+        return None
+    return (obj.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+
+
+def _claims(sts: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:
+    out = []
+    for t in sts.get("spec", {}).get("volumeClaimTemplates") or []:
+        spec = t.get("spec", {})
+        size = spec.get("resources", {}).get("requests", {}).get("storage")
+        out.append((t.get("metadata", {}).get("name"), size, spec.get("storageClassName")))
+    return out
+
+
+async def _grow_claims(api: KubeClient, live: Mapping[str, Any], desired: Mapping[str, Any],
+                       body: Any) -> None:
+    """Expand the existing PVCs of a StatefulSet whose storage request grew."""
+    meta = desired["metadata"]
+    sizes = {name: size for name, size, _ in _claims(desired)}
+    replicas = int(live.get("spec", {}).get("replicas") or 0)
+    for claim, size in sizes.items():
+        for i in range(replicas):
+            pvc_name = f"{claim}-{meta['name']}-{i}"
+            pvc = await api.get("PersistentVolumeClaim", meta["namespace"], pvc_name)
+            if pvc is None or size is None:
+                continue
+            current = pvc.get("spec", {}).get("resources", {}).get("requests", {}).get("storage")
+            if current and quantity_value(size) < quantity_value(current):
+                kopf.event(body, type="Warning", reason="StorageShrinkIgnored",
+                           message=f"PVC {pvc_name} keeps {current}: volumes cannot shrink "
+                                   f"to {size}")
+                continue
+            if current == size:
+                continue
+            try:
+                await api.merge_patch("PersistentVolumeClaim", meta["namespace"], pvc_name,
+                                      {"spec": {"resources": {"requests": {"storage": size}}}})
+                kopf.event(body, type="Normal", reason="Resized",
+                           message=f"PVC {pvc_name} requested {size} (was {current})")
+            except KubeError as e:
+                kopf.event(body, type="Warning", reason="ResizeFailed",
+                           message=f"PVC {pvc_name} cannot grow to {size}: {e.message}")
+
+
+async def _wait_gone(api: KubeClient, kind: str, namespace: str, name: str,
+                     within: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while await api.get(kind, namespace, name) is not None:
+        if loop.time() > deadline:
+            raise kopf.TemporaryError(f"{kind} {name} is still being deleted", delay=5)
+        await asyncio.sleep(0.5)
+
+
+async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
+                       cfg: OperatorConfig) -> str | None:
+    """Make one child match `desired`; returns what was done, None when nothing was needed."""
+    kind, meta = desired["kind"], desired["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    live = await api.get(kind, namespace, name)
+    if live is None:
+        await api.create(desired)
+        return "Created"
+    if _hash(live) == _hash(desired):
+        return None
+    if kind == "StatefulSet" and _claims(live) != _claims(desired):
+        # volumeClaimTemplates are immutable: grow the existing PVCs, then replace the
+        # StatefulSet without deleting its pods (orphan), which the new one adopts.
+        await _grow_claims(api, live, desired, body)
+        await api.delete(kind, namespace, name, propagation="Orphan")
+        await _wait_gone(api, kind, namespace, name, cfg.recreate_timeout)
+        await api.create(desired)
+        return "Recreated"
+    await api.apply(desired)
+    return "Updated"
+
+
+# ---------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class PartState:
+    name: str
+    desired: int
+    ready: int
+    rolling: bool  # a rollout is in progress (or the object does not exist yet)
+
+
+def _part_state(part: str, obj: Mapping[str, Any] | None, desired: int) -> PartState:
+    if obj is None:
+        return PartState(part, desired, 0, True)
+    st = obj.get("status") or {}
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    gen, seen = obj.get("metadata", {}).get("generation"), st.get("observedGeneration")
+    rolling = updated < desired or (gen is not None and seen is not None and seen < gen)
+    cur, upd = st.get("currentRevision"), st.get("updateRevision")
+    if cur and upd and cur != upd:
+        rolling = True
+    return PartState(part, desired, min(ready, desired), rolling)
+
+
+async def observe(api: KubeClient, spec: ClusterSpec, name: str,
+                  namespace: str) -> list[PartState]:
+    names = Names(name)
+    parts: list[PartState] = []
+    for dc in spec.datacenters:
+        sts = await api.get("StatefulSet", namespace, names.statefulset(dc.name))
+        parts.append(_part_state(dc.name, sts, 1))
+    sts = await api.get("StatefulSet", namespace, names.statefulset("relayer"))
+    parts.append(_part_state("relayer", sts, spec.relayer.replicas))
+    if spec.client.enabled:
+        dep = await api.get("Deployment", namespace, names.client)
+        parts.append(_part_state("client", dep, spec.client.replicas))
+    return parts
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _condition(previous: Mapping[str, Any] | None, status: str, reason: str, message: str,
+               generation: int | None) -> dict[str, Any]:
+    old = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == READY),
+               None)
+    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+    cond: dict[str, Any] = {"type": READY, "status": status, "reason": reason,
+                            "message": message, "lastTransitionTime": since or _now()}
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def cluster_status(spec: ClusterSpec, parts: list[PartState],
+                   previous: Mapping[str, Any] | None, generation: int | None) -> dict[str, Any]:
+    """Phase, Ready condition and counts from the parts' states."""
+    previous = previous or {}
+    desired = sum(p.desired for p in parts)
+    ready = sum(p.ready for p in parts)
+    lagging = [p for p in parts if p.ready < p.desired or p.rolling]
+    if not lagging:
+        phase, reason, message = "Ready", "AllPartsReady", f"{ready}/{desired} pods ready"
+    else:
+        detail = ", ".join(f"{p.name} {p.ready}/{p.desired}" for p in lagging)
+        if ready == 0 and previous.get("phase") in (None, "Pending", "Invalid"):
+            phase, reason = "Pending", "WaitingForPods"
+        elif any(p.rolling for p in lagging):
+            phase, reason = "Progressing", "RollingOut"
+        else:
+            phase, reason = "Degraded", "PodsNotReady"
+        message = f"not ready: {detail}"
+    gen = generation if generation is not None else previous.get("observedGeneration")
+    status: dict[str, Any] = {
+        "phase": phase,
+        "ready": f"{ready}/{desired}",
+        "datacenters": len(spec.datacenters),
+        "parts": {p.name: {"ready": p.ready, "desired": p.desired} for p in parts},
+        "conditions": [_condition(previous, "True" if phase == "Ready" else "False", reason,
+                                  message, gen)],
+    }
+    if gen is not None:
+        status["observedGeneration"] = gen
+    return status
+
+
+def invalid_status(error: SpecError, previous: Mapping[str, Any] | None,
+                   generation: int | None) -> dict[str, Any]:
+    status: dict[str, Any] = {
+        "phase": "Invalid",
+        "conditions": [_condition(previous, "False", "InvalidSpec", str(error), generation)],
+    }
+    if generation is not None:
+        status["observedGeneration"] = generation
+    return status
+
+
+def _changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items())
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def _parse(name: str, spec: Mapping[str, Any]) -> ClusterSpec:
+    return parse_cluster({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": name},
+                          "spec": spec})
+
+
+async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, namespace: str,
+                    uid: str, generation: int | None, status: Mapping[str, Any] | None,
+                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+    """Apply the rendered children; returns the new status."""
+    try:
+        spec = _parse(name, body.get("spec") or {})
+    except SpecError as e:
+        logger.warning("invalid spec: %s", e)
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(e))
+        return invalid_status(e, status, generation)
+    changes = 0
+    for obj in render(spec, name, namespace, uid):
+        action = await apply_object(api, obj, body, cfg)
+        if action:
+            changes += 1
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            logger.info("%s %s", action.lower(), what)
+            kopf.event(body, type="Normal", reason=action, message=what)
+    if not changes:
+        logger.info("all children up to date")
+    parts = await observe(api, spec, name, namespace)
+    return cluster_status(spec, parts, status, generation)
+
+
+def make_registry(cfg: OperatorConfig | None = None,
+                  registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """A kopf registry with the UnisonCluster handlers bound to `cfg`."""
+    cfg = cfg or OperatorConfig()
+    registry = registry or kopf.SmartOperatorRegistry()
+    holder: dict[str, KubeClient] = {}
+
+    def api() -> KubeClient:
+        if "api" not in holder:
+            holder["api"] = cfg.client_factory()
+        return holder["api"]
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # Keep kopf's bookkeeping in our own annotations and out of `status`, which the
+        # CRD schema defines (and prunes) precisely.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration")
+        settings.persistence.finalizer = f"{GROUP}/operator"
+        # Events come from our explicit kopf.event calls; kopf's own log lines stay logs.
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        settings.networking.error_backoffs = [1, 2, 5, 10]
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        if "api" in holder:
+            await holder.pop("api").close()
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    async def apply(body: kopf.Body, name: str, namespace: str, uid: str, meta: kopf.Meta,
+                    status: kopf.Status, patch: kopf.Patch, logger: Any, **_: Any) -> None:
+        new = await reconcile(api(), cfg, body, name, namespace, uid, meta.get("generation"),
+                              dict(status), logger)
+        if _changed(status, new):
+            patch.status.update(new)
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=cfg.status_interval, registry=registry)
+    async def refresh_status(body: kopf.Body, name: str, namespace: str, status: kopf.Status,
+                             patch: kopf.Patch, **_: Any) -> None:
+        try:
+            spec = _parse(name, body.get("spec") or {})
+        except SpecError:
+            return  # the reconcile handler reported it; nothing to observe
+        parts = await observe(api(), spec, name, namespace)
+        new = cluster_status(spec, parts, dict(status), None)
+        if _changed(status, new):
+            patch.status.update(new)
+
+    return registry

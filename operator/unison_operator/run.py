@@ -1,0 +1,53 @@
+"""`unison operator [--namespace NS ... | --all-namespaces] [--verbose]`: run the operator.
+
+kopf does the watching, retries and event posting underneath (`kopf.run`); the
+handlers come from `unison_operator.handlers.make_registry`. The operator runs
+standalone (one replica, no kopf peering objects needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import kopf
+
+from .handlers import OperatorConfig, make_registry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unison operator",
+        description="Reconcile UnisonCluster resources into StatefulSets, Services and the "
+                    "client Deployment.")
+    scope = parser.add_mutually_exclusive_group(required=True)
+    scope.add_argument("-n", "--namespace", action="append", metavar="NS",
+                       help="watch UnisonClusters in this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch UnisonClusters in every namespace")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
+                        help="how often to re-read children's readiness (default 10)")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
+                        help="liveness endpoint served by kopf ('' to disable; default "
+                             "%(default)s)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.status_interval <= 0:
+        sys.stderr.write("unison operator: --status-interval must be greater than zero\n")
+        return 2
+    kopf.configure(verbose=args.verbose)
+    logging.getLogger("unison_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    registry = make_registry(OperatorConfig(status_interval=args.status_interval))
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=args.all_namespaces,
+        namespaces=args.namespace or (),
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
