@@ -1,0 +1,325 @@
+"""A UnisonCluster manifest as local processes: validate, plan, render, start.
+
+The manifest is validated and planned by the operator's own code
+(`unison_operator.spec`), so a manifest that runs locally runs the same way on
+Kubernetes. Only two things differ from the operator: data directories live under a
+local folder and the relayer dials `127.0.0.1:<gRPC port>`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unison.config import NodeConfig, NodePlan, render_toml
+from unison.local.console import Console
+from unison.local.procs import HOST, PortUse, ProcessGroup, ProcessSpec, StartFailure
+
+# When the manifest does not say (spec.client.statePort): clear of the seed's 8001-8003,
+# 4001-4003 and 5555-5556.
+DEFAULT_CLIENT_PORT = 8090
+READY_TIMEOUT = 60.0
+
+
+class ManifestError(ValueError):
+    """The manifest cannot be used; the message names the file and field (exit 2)."""
+
+
+# ---------------------------------------------------------------- manifest
+
+
+def load_manifest(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ManifestError(f"{p}: cannot read manifest: {e.strerror or e}") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ManifestError(f"{p}: not valid YAML{at}: {problem}") from None
+    clusters = [d for d in docs if isinstance(d, dict) and d.get("kind") == "UnisonCluster"]
+    if len(docs) == 1:
+        doc = docs[0]
+    elif len(clusters) == 1:
+        doc = clusters[0]
+    elif not clusters:
+        raise ManifestError(f"{p}: no UnisonCluster document found (kind: UnisonCluster)")
+    else:
+        raise ManifestError(f"{p}: {len(clusters)} UnisonCluster documents; local mode runs one "
+                            "cluster per file")
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{p}: expected a UnisonCluster manifest (a YAML mapping), "
+                            f"got {type(doc).__name__}")
+    return doc
+
+
+# ---------------------------------------------------------------- plan
+
+
+@dataclass
+class LocalNode:
+    plan: NodePlan
+    config_path: Path
+    log_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def role(self) -> str:
+        return self.plan.role
+
+    @property
+    def config(self) -> NodeConfig:
+        return self.plan.config
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.config.http_port}"
+
+    def process_spec(self) -> ProcessSpec:
+        return ProcessSpec(
+            name=self.name,
+            argv=[sys.executable, "-m", "unison.cli", "node", "-config", str(self.config_path),
+                  self.role],
+            log_path=self.log_path,
+            ready_url=f"{self.url}/readyz",
+        )
+
+    def port_uses(self) -> list[PortUse]:
+        cfg = self.config
+        uses = [PortUse(cfg.http_port, self.name, "HTTP port")]
+        if cfg.grpc.port:
+            uses.append(PortUse(cfg.grpc.port, self.name, "gRPC port"))
+        uses += [PortUse(n.bind_port, self.name, f"ZeroMQ port for {n.namespace}")
+                 for n in cfg.notifiers]
+        return uses
+
+
+@dataclass
+class LocalClient:
+    name: str
+    state_port: int
+    http_url: str  # the relayer the client reads values from
+    zmq: dict[str, str]  # namespace -> ZeroMQ address
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.state_port}"
+
+    def process_spec(self) -> ProcessSpec:
+        argv = [sys.executable, "-m", "unison.cli", "client", "--http", self.http_url]
+        for ns, addr in self.zmq.items():
+            argv += ["--zmq", f"{ns}={addr}"]
+        argv += ["--state-port", str(self.state_port), "--state-host", HOST]
+        # /readyz: every namespace has been scanned once, so /state is meaningful.
+        return ProcessSpec(self.name, argv, self.log_path, f"{self.url}/readyz")
+
+    def port_uses(self) -> list[PortUse]:
+        return [PortUse(self.state_port, self.name, "state port (--client-port)")]
+
+
+@dataclass
+class LocalCluster:
+    name: str
+    source: str  # the manifest file
+    data_dir: Path
+    nodes: list[LocalNode]
+    client: LocalClient | None
+
+    @property
+    def relayer(self) -> LocalNode | None:
+        return next((n for n in self.nodes if n.role == "relayer"), None)
+
+    def writer_for(self, namespace: str) -> LocalNode | None:
+        """The replicator that accepts writes for `namespace`."""
+        return next((n for n in self.nodes if n.role == "replicator"
+                     and namespace in n.config.storage.namespaces), None)
+
+    def port_uses(self) -> list[PortUse]:
+        uses = [u for n in self.nodes for u in n.port_uses()]
+        return uses + (self.client.port_uses() if self.client else [])
+
+    def write_configs(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for node in self.nodes:
+            node.config_path.write_text(render_toml(node.config), encoding="utf-8")
+
+    def phases(self) -> list[list[ProcessSpec]]:
+        """Start order: the datacenters together, then the relayer (it follows them),
+        then the client (it subscribes to the relayer)."""
+        phases = [[n.process_spec() for n in self.nodes if n.role == "replicator"],
+                  [n.process_spec() for n in self.nodes if n.role == "relayer"]]
+        if self.client:
+            phases.append([self.client.process_spec()])
+        return [p for p in phases if p]
+
+
+def plan_local(manifest: dict[str, Any], source: str, *, data_dir: str | Path | None = None,
+               client_port: int | None = None, port_offset: int = 0) -> LocalCluster:
+    """Validate the manifest with the operator's parser and lay it out on this machine.
+
+    `port_offset` shifts every port (HTTP, gRPC, ZeroMQ, client) so a second cluster can
+    run next to one on the seed's ports.
+    """
+    from unison_operator.spec import SpecError, parse_cluster
+
+    try:
+        spec = parse_cluster(manifest)
+    except SpecError as e:
+        raise ManifestError(f"{source}: {e}") from None
+    name = _cluster_name(spec, manifest)
+    root = Path(data_dir) if data_dir else Path(".unison") / name
+    root = root.absolute()
+
+    plans = spec.plan(base_dir=lambda node: str(root / node),
+                      upstream_address=lambda _dc, port: f"{HOST}:{port + port_offset}")
+    nodes = []
+    for plan in plans:
+        cfg = plan.config
+        cfg.http_port += port_offset
+        if cfg.grpc.port:
+            cfg.grpc.port += port_offset
+        for n in cfg.notifiers:
+            n.bind_port += port_offset
+        # A laptop cluster answers on loopback only.
+        cfg.http.listen_ip = HOST
+        cfg.grpc.listen_ip = HOST
+        nodes.append(LocalNode(plan, root / f"{plan.name}.toml", root / f"{plan.name}.log"))
+
+    client = None
+    if _client_enabled(spec, manifest):
+        relayer = next((n for n in nodes if n.role == "relayer"), None)
+        if relayer is not None:
+            default = getattr(getattr(spec, "client", None), "state_port", DEFAULT_CLIENT_PORT)
+            port = client_port if client_port is not None else default + port_offset
+            client = LocalClient(
+                name="client",
+                state_port=port,
+                http_url=relayer.url,
+                zmq={n.namespace: f"tcp://{HOST}:{n.bind_port}" for n in relayer.config.notifiers},
+                log_path=root / "client.log",
+            )
+    cluster = LocalCluster(name, source, root, nodes, client)
+    bad = [u for u in cluster.port_uses() if not 0 < u.port < 65536]
+    if bad:
+        raise ManifestError(f"{source}: the {bad[0].describe()} would be {bad[0].port}, outside "
+                            "1-65535 (check --port-offset)")
+    return cluster
+
+
+def _cluster_name(spec: Any, manifest: dict[str, Any]) -> str:
+    name = getattr(spec, "name", None)
+    if not name:
+        meta = manifest.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
+    return str(name or "unison")
+
+
+def _client_enabled(spec: Any, manifest: dict[str, Any]) -> bool:
+    client = getattr(spec, "client", None)
+    if client is not None and hasattr(client, "enabled"):
+        return bool(client.enabled)
+    raw = (manifest.get("spec") or {}).get("client") or {}
+    return bool(raw.get("enabled", True)) if isinstance(raw, dict) else True
+
+
+# ---------------------------------------------------------------- start / show
+
+
+def start_cluster(group: ProcessGroup, phases: Sequence[Sequence[ProcessSpec]], console: Console,
+                  *, timeout: float = READY_TIMEOUT,
+                  interrupted: Callable[[], bool] = lambda: False) -> None:
+    """Start each phase and wait until all of it is ready before the next one.
+    Raises StartFailure; the caller stops the group."""
+    for phase in phases:
+        if interrupted():
+            raise StartFailure("interrupted during start-up")
+        names = ", ".join(s.name for s in phase)
+        console.line(f"  starting {names}")
+        started = [group.start(spec) for spec in phase]
+        group.wait_ready(started, timeout, interrupted)
+
+
+def report_start_failure(console: Console, failure: StartFailure) -> None:
+    console.line(f"{console.fail_mark} {failure}")
+    child = failure.child
+    if child is not None:
+        tail = child.log_tail()
+        where = display_path(child.spec.log_path)
+        if tail:
+            console.line(f"  last lines of {where}:")
+            for line in tail:
+                console.line(f"  | {line}")
+        else:
+            console.line(f"  ({where} is empty)")
+
+
+def display_path(p: Path) -> str:
+    """Relative to the current directory when that is shorter."""
+    try:
+        rel = os.path.relpath(p)
+    except ValueError:
+        return str(p)
+    return rel if len(rel) < len(str(p)) else str(p)
+
+
+def endpoint_table(cluster: LocalCluster) -> list[str]:
+    """Where every process listens; DATA and LOG are relative to the cluster's data dir."""
+    root = cluster.data_dir
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            return display_path(p)
+
+    header = ["NODE", "ROLE", "HTTP", "gRPC", "ZeroMQ (PUB)", "DATA", "LOG"]
+    rows: list[list[str]] = []
+    for n in cluster.nodes:
+        cfg = n.config
+        zmq = "\n".join(f"{z.bind_port} {z.namespace}" for z in cfg.notifiers) or "-"
+        rows.append([n.name, n.role, str(cfg.http_port), str(cfg.grpc.port or "-"), zmq,
+                     rel(Path(cfg.storage.base_dir)) + "/", rel(n.log_path)])
+    if cluster.client:
+        c = cluster.client
+        rows.append([c.name, "crdt client", f"{c.state_port} /state", "-", "subscriber", "-",
+                     rel(c.log_path)])
+    widths = [max(len(line) for r in [header, *rows] for line in r[i].split("\n"))
+              for i in range(len(header))]
+    out = []
+    for r in [header, *rows]:
+        cells = [cell.split("\n") for cell in r]
+        for k in range(max(len(c) for c in cells)):
+            parts = [(c[k] if k < len(c) else "").ljust(w) for c, w in zip(cells, widths, strict=True)]
+            out.append("  ".join(parts).rstrip())
+    return out
+
+
+def try_lines(cluster: LocalCluster) -> list[str]:
+    """A few commands to paste, with this cluster's real ports."""
+    lines = []
+    writer = next((n for n in cluster.nodes if n.role == "replicator"), None)
+    relayer = cluster.relayer
+    if writer and relayer:
+        ns = writer.config.storage.namespaces[0]
+        lines.append(f"curl -s -X PUT {writer.url.replace(HOST, 'localhost')}/api/v1/{ns}/kv/hello "
+                     "-H 'Content-Type: application/json' "
+                     "-d '{\"value\": \"'$(echo -n world | base64)'\"}'")
+        lines.append(f"curl -s {relayer.url.replace(HOST, 'localhost')}/api/v1/{ns}/kv/hello")
+    if cluster.client:
+        lines.append("bash examples/curl-scenarios.sh   # the seed's scenarios")
+        lines.append(f"curl -s localhost:{cluster.client.state_port}/state")
+    return lines
