@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -296,50 +295,3 @@ async def test_port_in_use_is_a_startup_error_naming_the_port(cluster: Cluster) 
     second = ReplicationServer({NS: primary}, GrpcConfig(port=first.port, listen_ip=HOST))
     with pytest.raises(StartupError, match=f"gRPC port {first.port}"):
         await second.start()
-
-
-# ---------------------------------------------------------------- TLS
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_pki(d: Path) -> dict[str, str]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d.mkdir(parents=True, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=unison-test-ca", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name in ("server", "client"):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN=unison-{name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", "san.ext",
-                 cwd=d)
-    return {n: str(d / n) for n in ("ca.crt", "server.crt", "server.key", "client.crt",
-                                    "client.key")}
-
-
-async def test_tls_round_trip_with_client_certificates(cluster: Cluster, tmp_path: Path) -> None:
-    pki = make_pki(tmp_path / "pki")
-    primary = cluster.store("primary")
-    await fill(primary, 300)
-    srv = await cluster.server({NS: primary}, allow_insecure=False, cert_path=pki["server.crt"],
-                               key_path=pki["server.key"], ca_path=pki["ca.crt"])
-    replica = cluster.store("replica")
-    f = cluster.follow(replica, srv.port, allow_insecure=False, ca_path=pki["ca.crt"],
-                       cert_path=pki["client.crt"], key_path=pki["client.key"])
-    await until(lambda: replica.last_lsn == 300)
-    assert everything(replica) == everything(primary)
-    assert f.status()["connected"]
-
-    # Without a client certificate, or without TLS, the upstream lets nothing through.
-    anonymous = cluster.store("anonymous")
-    a = cluster.follow(anonymous, srv.port, allow_insecure=False, ca_path=pki["ca.crt"])
-    plain = cluster.store("plain")
-    p = cluster.follow(plain, srv.port)
-    await until(lambda: a.status()["reconnects"] >= 2 and p.status()["reconnects"] >= 2)
-    assert anonymous.last_lsn == plain.last_lsn == 0
-    assert not a.caught_up and not p.caught_up
