@@ -1,0 +1,243 @@
+"""UnisonDB-compatible key/value routes under `/api/v1/{ns}`.
+
+Values travel base64-encoded in JSON. Everything a request carries is validated before
+anything is written, so a refused request changes nothing; a batch is one `store.write`,
+so it is applied all or nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from unison.api.responses import JSON, ApiError, json_ok, success
+from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
+
+SCAN_DEFAULT_LIMIT = 1000
+SCAN_MAX_LIMIT = 10000
+# Scans bigger than this run off the event loop so they do not stall other requests.
+_SCAN_INLINE_LIMIT = 100
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+def decode_b64(value: Any, field: str) -> bytes:
+    """Strict base64 -> bytes; the error names `field`."""
+    if not isinstance(value, str):
+        raise ApiError(400, f"{field}: expected a base64 string, got {_json_type(value)}")
+    try:
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
+    # Line-wrapped base64 (as `base64` on Linux prints it) is still base64.
+    if any(c in value for c in " \t\r\n"):
+        try:
+            return binascii.a2b_base64(value.translate(_WHITESPACE), strict_mode=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise ApiError(400, f"{field}: invalid base64")
+
+
+def encode_key(key: Any, field: str) -> bytes:
+    if not isinstance(key, str):
+        raise ApiError(400, f"{field}: expected a string, got {_json_type(key)}")
+    if not key:
+        raise ApiError(400, f"{field}: must not be empty")
+    try:
+        return key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{field}: not valid UTF-8") from None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "an array", dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def body_too_large(limit: int) -> str:
+    return f"request body too large: limit is {limit} bytes (http_config.max_body_size)"
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise ApiError(400, "invalid JSON: request body is empty")
+    try:
+        body = json.loads(raw)
+    except UnicodeDecodeError:
+        raise ApiError(400, "invalid JSON: body is not UTF-8") from None
+    except ValueError as e:
+        raise ApiError(400, f"invalid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"invalid JSON: expected an object, got {_json_type(body)}")
+    return body
+
+
+class KvRoutes:
+    """Request handlers; one instance per app, bound to the node's context."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.stores: dict[str, NamespaceStore] = ctx.stores
+        self.writable: frozenset[str] = ctx.writable
+        self.max_body = ctx.config.http.max_body_size
+
+    # ------------------------------------------------------------ helpers
+
+    def _store(self, request: web.Request) -> NamespaceStore:
+        ns = request.match_info["ns"]
+        store = self.stores.get(ns)
+        if store is None:
+            raise ApiError(404, f"namespace not found: {ns}")
+        return store
+
+    def _writable_store(self, request: web.Request) -> NamespaceStore:
+        store = self._store(request)
+        if store.name not in self.writable:
+            raise ApiError(403, f"namespace {store.name} is read-only on this node "
+                                f"(role {self.ctx.role}); write to its primary instead")
+        return store
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        # Refuse by the announced length before reading: no point receiving 100 MB to say no.
+        length = request.content_length
+        if length is not None and length > self.max_body:
+            raise ApiError(413, body_too_large(self.max_body))
+        return parse_json_object(await request.read())
+
+    @staticmethod
+    def _key(request: web.Request) -> bytes:
+        return encode_key(request.match_info.get("key", ""), "key")
+
+    @staticmethod
+    async def _write(store: NamespaceStore, mutations: list[Mutation]) -> None:
+        try:
+            await store.write(mutations)
+        except StoreClosed:
+            raise ApiError(503, f"namespace {store.name} is shutting down") from None
+
+    # ------------------------------------------------------------ single keys
+
+    async def put(self, request: web.Request) -> web.Response:
+        store = self._writable_store(request)
+        key = self._key(request)
+        body = await self._body(request)
+        if "value" not in body:
+            raise ApiError(400, "value: missing field")
+        value = decode_b64(body["value"], "value")
+        await self._write(store, [Mutation(Op.PUT, key, value)])
+        return success()
+
+    async def get(self, request: web.Request) -> web.Response:
+        store = self._store(request)
+        value = store.get(self._key(request))
+        if value is None:
+            return web.Response(body=b'{"value":"","found":false}', content_type=JSON)
+        # base64 needs no JSON escaping, so the body is assembled directly.
+        body = b'{"value":"' + binascii.b2a_base64(value, newline=False) + b'","found":true}'
+        return web.Response(body=body, content_type=JSON)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        store = self._writable_store(request)
+        key = self._key(request)
+        await self._write(store, [Mutation(Op.DELETE, key)])
+        return success()
+
+    async def empty_key(self, request: web.Request) -> web.Response:
+        self._store(request)
+        raise ApiError(400, "key: must not be empty")
+
+    # ------------------------------------------------------------ batch
+
+    async def batch(self, request: web.Request) -> web.Response:
+        store = self._writable_store(request)
+        body = await self._body(request)
+        mutations = parse_batch(body)
+        await self._write(store, mutations)
+        return json_ok({"success": True, "count": len(mutations)})
+
+    # ------------------------------------------------------------ reads beyond UnisonDB
+
+    async def scan(self, request: web.Request) -> web.Response:
+        store = self._store(request)
+        q = request.query
+        prefix = q.get("prefix", "").encode("utf-8", "surrogatepass")
+        after_text = q.get("after")
+        after = after_text.encode("utf-8", "surrogatepass") if after_text else None
+        limit = _int_param(q.get("limit"), "limit", SCAN_DEFAULT_LIMIT, 1, SCAN_MAX_LIMIT)
+        if limit <= _SCAN_INLINE_LIMIT:
+            items, more = store.scan(prefix, after, limit)
+        else:
+            items, more = await asyncio.get_running_loop().run_in_executor(
+                None, store.scan, prefix, after, limit)
+        out = [{"key": k.decode("utf-8", "replace"),
+                "value": binascii.b2a_base64(v, newline=False).decode()} for k, v in items]
+        return json_ok({"items": out, "count": len(out), "more": more})
+
+    async def offset(self, request: web.Request) -> web.Response:
+        store = self._store(request)
+        return json_ok({"namespace": store.name, "lsn": store.last_lsn})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        store = self._store(request)
+        out: dict[str, Any] = dict(store.describe())
+        out["writable"] = store.name in self.writable
+        out["role"] = self.ctx.role
+        follower = self.ctx.followers.get(store.name)
+        if follower is not None:
+            out["follower"] = follower.status()
+        notifier = self.ctx.notifiers.get(store.name)
+        if notifier is not None:
+            out["notifier"] = notifier.metrics()
+        return json_ok(out)
+
+
+def parse_batch(body: dict[str, Any]) -> list[Mutation]:
+    """Validate a whole batch request into mutations; raises ApiError naming the field."""
+    if "operation" not in body:
+        raise ApiError(400, "operation: missing field (expected \"put\" or \"delete\")")
+    op = body["operation"]
+    if op == "put":
+        items = body.get("items")
+        if not isinstance(items, list):
+            what = "missing field" if "items" not in body else f"expected an array, got {_json_type(items)}"
+            raise ApiError(400, f"items: {what}")
+        if not items:
+            raise ApiError(400, "items: must contain at least one item")
+        out = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ApiError(400, f"items[{i}]: expected an object with key and value, "
+                                    f"got {_json_type(item)}")
+            if "key" not in item:
+                raise ApiError(400, f"items[{i}].key: missing field")
+            if "value" not in item:
+                raise ApiError(400, f"items[{i}].value: missing field")
+            key = encode_key(item["key"], f"items[{i}].key")
+            out.append(Mutation(Op.PUT, key, decode_b64(item["value"], f"items[{i}].value")))
+        return out
+    if op == "delete":
+        keys = body.get("keys")
+        if not isinstance(keys, list):
+            what = "missing field" if "keys" not in body else f"expected an array, got {_json_type(keys)}"
+            raise ApiError(400, f"keys: {what}")
+        if not keys:
+            raise ApiError(400, "keys: must contain at least one key")
+        return [Mutation(Op.DELETE, encode_key(k, f"keys[{i}]")) for i, k in enumerate(keys)]
+    raise ApiError(400, f"operation: unknown batch operation {op!r} (expected \"put\" or \"delete\")")
+
+
+def _int_param(text: str | None, name: str, default: int, lo: int, hi: int) -> int:
+    if text is None or text == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not lo <= value <= hi:
+        raise ApiError(400, f"{name}: expected an integer between {lo} and {hi}, got {text!r}")
+    return value
