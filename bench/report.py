@@ -105,8 +105,10 @@ class Target:
     def describe(self, unit: str) -> str:
         sign = "≥" if self.op == ">=" else "≤"
         if self.on_ratio:
-            return f"{sign} {fmt_number(self.value)}× ceiling"
-        return f"{sign} {fmt_number(self.value)} {unit}".rstrip()
+            return f"{sign} {fmt_ratio(self.value)} ceiling"
+        v = self.value
+        number = f"{int(v):,}" if float(v).is_integer() else fmt_number(v)
+        return f"{sign} {number} {unit}".rstrip()
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,14 @@ error and makes the command exit 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,12 +55,6 @@ class Bench:
     target: str  # "module:function", function(profile: str) -> Outcome
     timeout: dict[str, float] = field(default_factory=lambda: {"smoke": 60.0, "full": 240.0})
     max_repeat: int | None = None  # heavy benchmarks run at most this often in a full run
-
-    def resolve(self) -> Callable[[str], Outcome]:
-        import importlib
-
-        module, func = self.target.split(":")
-        return getattr(importlib.import_module(module), func)
 
 
 BENCHES: tuple[Bench, ...] = (
@@ -134,13 +130,21 @@ class Progress:
 # ---------------------------------------------------------------- child processes
 
 
-def _child_main(name: str, profile: str, result: Path) -> int:
+def resolve(target: str) -> Callable[[str], Outcome]:
+    """"module:function" -> the function."""
+    import importlib
+
+    module, _, func = target.partition(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _child_main(target: str, profile: str, result: Path) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        outcome = BY_NAME[name].resolve()(profile)
+        outcome = resolve(target)(profile)
         if not isinstance(outcome, Outcome):
-            raise TypeError(f"benchmark {name} returned {type(outcome).__name__}, not Outcome")
+            raise TypeError(f"{target} returned {type(outcome).__name__}, not Outcome")
         result.write_text(json.dumps({"ok": True, "outcome": outcome.to_json()}))
         return 0
     except BaseException as e:  # report every failure, including KeyboardInterrupt
@@ -180,12 +184,12 @@ def run_repetition(bench: Bench, profile: str, logs: Path, rep: int,
     log_path = logs / f"{bench.name}-{rep}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-m", "bench.run", "--child", bench.name, "--profile", profile,
+    cmd = [sys.executable, "-m", "bench.run", "--child", bench.target, "--profile", profile,
            "--result", str(result)]
     timeout = bench.timeout[profile]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None:
@@ -267,7 +271,10 @@ def run_all(benches: list[Bench], profile: str, repeat: int, out: Path,
         runs.append(run)
     progress.close()
     meta["seconds"] = round(time.monotonic() - started, 1)
-    meta["logs"] = str(logs)
+    if any(r.error for r in runs):
+        meta["logs"] = str(logs)  # the failed children's output, named in the report
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
     return runs, meta
 
 
@@ -303,14 +310,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help=f"where to write the report (default {DEFAULT_OUT.relative_to(REPO)})")
     p.add_argument("--strict", action="store_true",
                    help="also exit 1 when a figure misses its target")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="limit every repetition to this many seconds (default: per benchmark, "
+                   "see --list)")
+    p.add_argument("--target", action="append", default=[], metavar="NAME=MODULE:FUNCTION",
+                   help="run NAME with another function(profile) -> Outcome (for development)")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--child", metavar="MODULE:FUNCTION", help=argparse.SUPPRESS)
     p.add_argument("--profile", choices=PROFILES, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child is not None:
-        if args.child not in BY_NAME or args.profile is None or args.result is None:
-            p.error("--child needs a known benchmark, --profile and --result")
+        if ":" not in args.child or args.profile is None or args.result is None:
+            p.error("--child needs MODULE:FUNCTION, --profile and --result")
         return args
     unknown = [n for n in args.only or [] if n not in BY_NAME]
     if unknown:
@@ -318,6 +330,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 f"(choose from {', '.join(BY_NAME)})")
     if args.repeat is not None and args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.timeout is not None and args.timeout <= 0:
+        p.error(f"--timeout must be positive, got {args.timeout}")
+    for t in args.target:
+        name, _, target = t.partition("=")
+        if name not in BY_NAME or ":" not in target:
+            p.error(f"--target {t}: expected NAME=MODULE:FUNCTION with NAME one of "
+                    f"{', '.join(BY_NAME)}")
     return args
 
 
@@ -328,11 +347,21 @@ def main(argv: list[str] | None = None) -> int:
         return _child_main(args.child, args.profile, args.result)
     if args.list:
         for b in BENCHES:
-            print(f"{b.name:12} {b.description}")
+            print(f"{b.name:12} {b.description} (limit {b.timeout['smoke']:.0f}s smoke, "
+                  f"{b.timeout['full']:.0f}s full per repetition)")
         return 0
     profile = "smoke" if args.smoke else "full"
     repeat = args.repeat or (1 if args.smoke else 3)
-    benches = [b for b in BENCHES if args.only is None or b.name in args.only]
+    targets = dict(t.split("=", 1) for t in args.target)
+    benches = []
+    for b in BENCHES:
+        if args.only is not None and b.name not in args.only:
+            continue
+        if b.name in targets:
+            b = dataclasses.replace(b, target=targets[b.name])
+        if args.timeout is not None:
+            b = dataclasses.replace(b, timeout={p: args.timeout for p in PROFILES})
+        benches.append(b)
     runs, meta = run_all(benches, profile, repeat, args.out, argv)
     json_path, md_path = write_report(runs, meta, args.out)
     print(md_path.read_text())
