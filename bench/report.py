@@ -265,6 +265,9 @@ def render_markdown(rows: Sequence[Row], meta: dict[str, Any], runs: Sequence[Be
     ]
     if meta.get("commit"):
         lines.append(f"- commit: {meta['commit']}")
+    if meta.get("profile") == "smoke":
+        lines += ["", "**Smoke profile: tiny sizes that check the harness, not the speed. The "
+                  "labels describe the full run (`python -m bench.run`).**"]
     lines += [
         "",
         "Figure = median over repetitions (range in brackets). Ceiling = the same measurement "
