@@ -1,0 +1,397 @@
+"""Durable HTTP PUTs against a real node vs a bare aiohttp handler, in the same run.
+
+A real node process (`unison node ... replicator`, durable group commit, data on disk)
+takes 1 KB PUTs from `connections` concurrent keep-alive connections for a fixed time,
+each to a new key; then a bare aiohttp process with the same route and a handler that
+does nothing takes the same load from the same generator. The ratio of the two is what
+the node's own work (JSON, base64, routing checks, durable write) costs.
+
+The load generator runs in its own process: `wrk` (a C load generator; Debian package
+`wrk`) when it is on PATH, else an aiohttp client process (slower, so it may then be the
+bottleneck for both sides; the result names the generator it used).
+
+    python -m bench.bench_http [--seconds 10] [--connections 64]    # writes bench/results/http.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+NAMESPACE = "bench"
+ROUTE = "/api/v1/{ns}/kv/{key:.+}"
+RESULTS = Path(__file__).resolve().parent / "results" / "http.json"
+QUANTILES = [q / 2 for q in range(1, 200)]  # 0.5 .. 99.5: the latency distribution
+
+
+@dataclass(frozen=True)
+class HttpSizes:
+    seconds: float
+    connections: int = 64
+    value_size: int = 1024
+    warmup: float = 1.0
+
+
+SIZES = {
+    "smoke": HttpSizes(seconds=1.0, connections=8, warmup=0.2),
+    "full": HttpSizes(seconds=10.0),
+}
+
+
+@dataclass
+class LoadResult:
+    """What the load generator saw against one server."""
+
+    generator: str
+    seconds: float
+    ok: int  # 2xx answers
+    errors: int  # non-2xx answers and socket errors
+    p50_ms: float
+    p99_ms: float
+    quantiles_ms: list[float] = field(default_factory=list)  # at QUANTILES
+
+    @property
+    def per_s(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def _python_env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""),
+            "PYTHONUNBUFFERED": "1"}
+
+
+def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=1.0) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"server on port {port} did not answer {path} within {timeout}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+def start_node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A durable replicator for NAMESPACE on `port`, data under `workdir` (no gRPC)."""
+    from unison.config import GrpcConfig, LogConfig, NodeConfig, StorageConfig, render_toml
+
+    cfg = NodeConfig(http_port=port, grpc=GrpcConfig(port=0),
+                     storage=StorageConfig(base_dir=str(workdir / "data"),
+                                           namespaces=[NAMESPACE]),
+                     log=LogConfig(log_level="warn"))
+    cfg.http.listen_ip = HOST
+    config = workdir / "node.toml"
+    config.write_text(render_toml(cfg))
+    log = open(workdir / "node.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, "-m", "unison.cli", "node", "-config", str(config),
+                             "replicator"], stdout=log, stderr=subprocess.STDOUT,
+                            env=_python_env())
+    log.close()
+    wait_http(port, "/healthz", proc)
+    return proc
+
+
+def start_bare(port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_http", "--serve-bare", str(port)],
+                            env=_python_env())
+    wait_http(port, "/healthz", proc)
+    return proc
+
+
+def serve_bare(port: int) -> None:
+    """The ceiling: aiohttp with the node's route shape and a handler that does nothing."""
+    from aiohttp import web
+
+    async def nothing(request: web.Request) -> web.Response:
+        return web.Response(body=b'{"success":true}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_put(ROUTE, nothing)
+    app.router.add_get("/healthz", nothing)
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+
+
+# ---------------------------------------------------------------- load generators
+
+_WRK_SCRIPT = """
+local body = '{"value":"%(value)s"}'
+local headers = {["Content-Type"] = "application/json"}
+local prefix = "%(prefix)s"
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("PUT", prefix .. counter, headers, body)
+end
+done = function(summary, latency, requests)
+  local q = {}
+  for _, p in ipairs({%(quantiles)s}) do q[#q + 1] = string.format("%%.1f", latency:percentile(p)) end
+  local e = summary.errors
+  io.write(string.format('\\nWRK_JSON {"requests":%%d,"duration_us":%%d,"status":%%d,' ..
+    '"socket":%%d,"p50_us":%%.1f,"p99_us":%%.1f,"quantiles_us":[%%s]}\\n',
+    summary.requests, summary.duration, e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(99), table.concat(q, ",")))
+end
+"""
+
+
+def _value_b64(value_size: int) -> str:
+    return base64.b64encode(os.urandom(value_size)).decode()
+
+
+def run_wrk(port: int, seconds: float, connections: int, value_size: int,
+            key_prefix: str) -> LoadResult:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_WRK_SCRIPT % {
+            "value": _value_b64(value_size),
+            "prefix": f"/api/v1/{NAMESPACE}/kv/{key_prefix}",
+            "quantiles": ",".join(str(q) for q in QUANTILES),
+        })
+        script = f.name
+    try:
+        duration = max(1, round(seconds))
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", script,
+             f"http://{HOST}:{port}/"],
+            capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    finally:
+        os.unlink(script)
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
+    data = json.loads(line.removeprefix("WRK_JSON "))
+    errors = data["status"] + data["socket"]
+    return LoadResult(
+        generator="wrk", seconds=data["duration_us"] / 1e6,
+        ok=data["requests"] - data["status"], errors=errors,
+        p50_ms=data["p50_us"] / 1000, p99_ms=data["p99_us"] / 1000,
+        quantiles_ms=[x / 1000 for x in data["quantiles_us"]])
+
+
+async def _aiohttp_load(port: int, seconds: float, connections: int, value_size: int,
+                        key_prefix: str) -> dict[str, Any]:
+    import aiohttp
+
+    body = json.dumps({"value": _value_b64(value_size)}).encode()
+    headers = {"Content-Type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    stop_at = time.perf_counter() + seconds
+    base = f"http://{HOST}:{port}/api/v1/{NAMESPACE}/kv/{key_prefix}"
+
+    async def worker(session: aiohttp.ClientSession, w: int) -> None:
+        nonlocal errors
+        n = 0
+        while time.perf_counter() < stop_at:
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                async with session.put(f"{base}{w}-{n}", data=body, headers=headers) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                latencies.append((time.perf_counter() - t0) * 1000)
+            else:
+                errors += 1
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(session, w) for w in range(connections)))
+        elapsed = time.perf_counter() - t0
+    latencies.sort()
+
+    def q(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p / 100))] if latencies else 0.0
+
+    return {"seconds": elapsed, "ok": len(latencies), "errors": errors, "p50_ms": q(50),
+            "p99_ms": q(99), "quantiles_ms": [q(p) for p in QUANTILES]}
+
+
+def run_aiohttp_client(port: int, seconds: float, connections: int, value_size: int,
+                       key_prefix: str) -> LoadResult:
+    """The aiohttp load generator, in its own process so it does not share the server's loop."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_http", "--load", str(port), "--seconds", str(seconds),
+         "--connections", str(connections), "--value-size", str(value_size),
+         "--key-prefix", key_prefix],
+        capture_output=True, text=True, timeout=seconds + 60, check=True, env=_python_env()).stdout
+    return LoadResult(generator="aiohttp-client", **json.loads(out.strip().splitlines()[-1]))
+
+
+def drive_puts(port: int, seconds: float, connections: int, value_size: int, key_prefix: str,
+               generator: str = "auto") -> LoadResult:
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "aiohttp"
+    run = run_wrk if generator == "wrk" else run_aiohttp_client
+    return run(port, seconds, connections, value_size, key_prefix)
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+def _node_offset(port: int) -> int:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/api/v1/{NAMESPACE}/offset") as r:
+        return int(json.loads(r.read())["lsn"])
+
+
+def _node_commits(port: int) -> int:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/api/v1/{NAMESPACE}/stats") as r:
+        return int(json.loads(r.read())["commits"])
+
+
+def measure(sizes: HttpSizes, generator: str = "auto") -> dict[str, Any]:
+    """Bare handler first, then the node, same generator and load. Returns a flat result."""
+    def load(port: int, seconds: float, prefix: str) -> LoadResult:
+        return drive_puts(port, seconds, sizes.connections, sizes.value_size, prefix, generator)
+
+    port = free_port()
+    bare_proc = start_bare(port)
+    try:
+        if sizes.warmup:
+            load(port, sizes.warmup, "warm-")
+        bare = load(port, sizes.seconds, "k-")
+    finally:
+        stop_process(bare_proc)
+
+    with tempfile.TemporaryDirectory(prefix="unison-bench-http-") as d:
+        port = free_port()
+        node_proc = start_node(Path(d), port)
+        try:
+            if sizes.warmup:
+                load(port, sizes.warmup, "warm-")
+            lsn0, commits0 = _node_offset(port), _node_commits(port)
+            node = load(port, sizes.seconds, "k-")
+            lsn1, commits1 = _node_offset(port), _node_commits(port)
+        finally:
+            code = stop_process(node_proc)
+    committed = lsn1 - lsn0
+    if committed < node.ok:
+        raise RuntimeError(f"node acknowledged {node.ok} PUTs but committed only {committed}")
+    return {
+        "put_per_s": node.per_s,
+        "put_p50_ms": node.p50_ms,
+        "put_p99_ms": node.p99_ms,
+        "bare_per_s": bare.per_s,
+        "bare_p50_ms": bare.p50_ms,
+        "bare_p99_ms": bare.p99_ms,
+        "ratio": node.per_s / bare.per_s if bare.per_s else 0.0,
+        "put_errors": node.errors,
+        "bare_errors": bare.errors,
+        "puts_acknowledged": node.ok,
+        "records_committed": committed,
+        "group_size": committed / (commits1 - commits0) if commits1 > commits0 else 0.0,
+        "node_exit_code": code,
+        "generator": node.generator,
+        "node": asdict(node),
+        "bare": asdict(bare),
+        "params": asdict(sizes),
+        "cpus": os.cpu_count(),
+    }
+
+
+def run(profile: str) -> Any:
+    """Entry point for the combined bench runner: returns a `bench.report.Outcome`."""
+    from bench.report import Outcome
+
+    sizes = SIZES[profile]
+    r = measure(sizes)
+    metrics = {k: float(r[k]) for k in ("put_per_s", "put_p50_ms", "put_p99_ms", "bare_per_s",
+                                        "bare_p50_ms", "bare_p99_ms", "group_size")}
+    return Outcome(
+        metrics=metrics,
+        samples={"node PUT (quantiles)": r["node"]["quantiles_ms"],
+                 "bare handler (quantiles)": r["bare"]["quantiles_ms"]},
+        params={**r["params"], "generator": r["generator"]},
+        notes=[f"load generator: {r['generator']} in its own process; every PUT is a new key "
+               f"and is acknowledged only after its group commit is synced; "
+               f"{r['records_committed']} records committed for {r['puts_acknowledged']} "
+               "acknowledged PUTs"],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_http", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=SIZES["full"].seconds)
+    p.add_argument("--connections", type=int, default=SIZES["full"].connections)
+    p.add_argument("--value-size", type=int, default=SIZES["full"].value_size)
+    p.add_argument("--warmup", type=float, default=SIZES["full"].warmup)
+    p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
+    p.add_argument("--out", type=Path, default=RESULTS, help="JSON result file")
+    p.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    p.add_argument("--key-prefix", default="k-", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return 0
+    if args.load:
+        result = asyncio.run(_aiohttp_load(args.load, args.seconds, args.connections,
+                                           args.value_size, args.key_prefix))
+        print(json.dumps(result))
+        return 0
+    if args.generator == "wrk" and not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk); use --generator aiohttp",
+              file=sys.stderr)
+        return 2
+
+    sizes = HttpSizes(seconds=args.seconds, connections=args.connections,
+                      value_size=args.value_size, warmup=args.warmup)
+    r = measure(sizes, args.generator)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(r, indent=2) + "\n")
+    print(f"generator {r['generator']}, {sizes.connections} connections, "
+          f"{sizes.value_size} B values, {sizes.seconds:g}s each")
+    print(f"node (durable): {r['put_per_s']:9.0f} PUT/s  p50 {r['put_p50_ms']:.2f} ms  "
+          f"p99 {r['put_p99_ms']:.2f} ms  errors {r['put_errors']}  "
+          f"mean group {r['group_size']:.1f}")
+    print(f"bare handler:   {r['bare_per_s']:9.0f} req/s  p50 {r['bare_p50_ms']:.2f} ms  "
+          f"p99 {r['bare_p99_ms']:.2f} ms  errors {r['bare_errors']}")
+    print(f"ratio node/bare: {r['ratio']:.2f} (target >= 0.7) -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
