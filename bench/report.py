@@ -147,7 +147,8 @@ METRICS: tuple[Metric, ...] = (
            target=Target("<=", 10.0)),
     Metric("replication.catchup_per_s", "Catch-up replay, 100,000 records", "records/s",
            target=Target(">=", 50_000.0)),
-    Metric("replication.fanout_lag_p99_ms", "Fan-out lag p99, 20 relayers", "ms"),
+    Metric("replication.fanout_lag_p99_ms", "Fan-out lag p99, 20 relayers at 200 writes/s",
+           "ms"),
     Metric("notify.latency_p50_ms", "Notification latency p50 at 1,000 writes/s", "ms",
            "notify.bare_p50_ms", BARE_ZMQ, Target("<=", 2.0)),
     Metric("notify.latency_p99_ms", "Notification latency p99 at 1,000 writes/s", "ms",
@@ -350,6 +351,12 @@ def _pooled(run: BenchRun) -> tuple[dict[str, list[float]], dict[str, list[list[
     return samples, series
 
 
+def slugify(name: str) -> str:
+    """"catch-up: relayer lsn (records)" -> "catch_up_relayer_lsn"."""
+    words = "".join(c if c.isalnum() else " " for c in name.split("(")[0].lower()).split()
+    return "_".join(words) or "series"
+
+
 def write_plots(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
     """Latency distributions (CDF, log time axis) and values over time, one PNG per kind."""
     import matplotlib
@@ -396,8 +403,7 @@ def write_plots(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
             ax.grid(True, alpha=0.3)
             if len(reps) > 1:
                 ax.legend(fontsize=8)
-            slug = "".join(c if c.isalnum() else "_" for c in name.split("(")[0].strip().lower())
-            path = out_dir / f"{run.name}_{slug.strip('_')}.png"
+            path = out_dir / f"{run.name}_{slugify(name)}.png"
             fig.tight_layout()
             fig.savefig(path)
             plt.close(fig)

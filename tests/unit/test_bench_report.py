@@ -22,6 +22,7 @@ from bench.report import (
     ratio,
     render_markdown,
     report_json,
+    slugify,
     write_plots,
 )
 
@@ -180,6 +181,12 @@ def test_outcome_survives_json() -> None:
     o = Outcome(metrics={"a": 1.0}, samples={"s": [1.0, 2.0]}, series={"lag": [(0.0, 1.5)]},
                 params={"n": 3}, notes=["note"])
     assert Outcome.from_json(json.loads(json.dumps(o.to_json()))) == o
+
+
+def test_plot_file_names_are_slugs_of_the_series_name() -> None:
+    assert slugify("catch-up: relayer lsn") == "catch_up_relayer_lsn"
+    assert slugify("RSS (MiB)") == "rss"
+    assert slugify("(x)") == "series"
 
 
 def test_plots_are_written_for_samples_and_series(tmp_path: Path) -> None:
