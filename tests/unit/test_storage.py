@@ -1,0 +1,285 @@
+"""The storage engine on real RocksDB: group commit, atomic batches, LSNs, the log,
+retention, replication apply (CRC, order) and snapshot install."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+from unison.storage import (
+    CorruptRecord,
+    LogTrimmed,
+    Mutation,
+    NamespaceStore,
+    Op,
+    OutOfOrder,
+    Record,
+    StoreClosed,
+)
+from unison.storage.records import now_ms
+
+
+def open_store(path: Path, name: str = "ns") -> NamespaceStore:
+    store = NamespaceStore(name, path / name).open()
+    store.start()
+    return store
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[NamespaceStore]:
+    s = open_store(tmp_path)
+    yield s
+    if not s.closed:
+        await s.close()
+
+
+def upstream_records(first_lsn: int, n: int, ts_ms: int | None = None,
+                     prefix: str = "up") -> list[Record]:
+    ts = now_ms() if ts_ms is None else ts_ms
+    return [Record(first_lsn + i, Op.PUT, f"{prefix}:{first_lsn + i}".encode(), b"v", ts).with_crc()
+            for i in range(n)]
+
+
+# ---------------------------------------------------------------- writes and LSNs
+
+
+async def test_concurrent_puts_are_group_committed(store: NamespaceStore) -> None:
+    lsns = await asyncio.gather(*(store.put(f"k{i}".encode(), b"v" * 100) for i in range(64)))
+    assert sorted(lsns) == list(range(1, 65))
+    assert store.last_lsn == 64
+    assert store.stats.puts == 64 and store.stats.committed_records == 64
+    assert store.stats.commits < 64  # many writes per synced batch
+    assert all(store.get(f"k{i}".encode()) == b"v" * 100 for i in range(64))
+
+
+async def test_batch_gets_consecutive_lsns_in_one_commit(store: NamespaceStore) -> None:
+    await store.put(b"before", b"x")
+    commits = store.stats.commits
+    lsns = await store.write([Mutation(Op.PUT, b"a", b"1"), Mutation(Op.PUT, b"b", b"2"),
+                              Mutation(Op.DELETE, b"before")])
+    assert lsns == [2, 3, 4]
+    assert store.stats.commits == commits + 1
+    log = store.read_log(2)
+    assert [(r.lsn, r.op, r.key) for r in log] == [(2, Op.PUT, b"a"), (3, Op.PUT, b"b"),
+                                                   (4, Op.DELETE, b"before")]
+    assert len({r.ts_ms for r in log}) == 1  # one commit, one timestamp
+    assert store.get(b"before") is None and store.get(b"a") == b"1"
+
+
+async def test_put_then_delete_in_one_batch_leaves_the_key_deleted(store: NamespaceStore) -> None:
+    await store.write([Mutation(Op.PUT, b"k", b"v"), Mutation(Op.DELETE, b"k")])
+    assert store.get(b"k") is None
+    assert [r.op for r in store.read_log(1)] == [Op.PUT, Op.DELETE]
+
+
+async def test_log_records_carry_a_valid_crc(store: NamespaceStore) -> None:
+    await store.put(b"k", b"value")
+    (rec,) = store.read_log(1)
+    rec.verify()
+    assert rec.crc32 == rec.checksum() != 0
+    tampered = Record(rec.lsn, rec.op, rec.key, b"other", rec.ts_ms, rec.crc32)
+    with pytest.raises(CorruptRecord, match="CRC32 mismatch"):
+        tampered.verify()
+
+
+async def test_reopen_recovers_lsn_and_data(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    await asyncio.gather(*(s.put(f"k{i}".encode(), str(i).encode()) for i in range(10)))
+    await s.delete(b"k0")
+    await s.close()
+    assert s.closed
+
+    s = open_store(tmp_path)
+    try:
+        assert s.last_lsn == 11
+        assert s.get(b"k0") is None and s.get(b"k9") == b"9"
+        assert await s.put(b"next", b"x") == 12  # no LSN reused
+        assert [r.lsn for r in s.read_log(1)] == list(range(1, 13))
+    finally:
+        await s.close()
+
+
+async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    await s.close()
+    with pytest.raises(StoreClosed):
+        await s.put(b"k", b"v")
+
+
+async def test_namespaces_are_independent(tmp_path: Path) -> None:
+    a, b = open_store(tmp_path, "a"), open_store(tmp_path, "b")
+    try:
+        await a.put(b"k", b"from-a")
+        assert b.get(b"k") is None and b.last_lsn == 0 and a.last_lsn == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+# ---------------------------------------------------------------- reads
+
+
+async def test_scan_prefix_after_limit(store: NamespaceStore) -> None:
+    await store.write([Mutation(Op.PUT, k, k.upper()) for k in
+                       (b"a:1", b"a:2", b"a:3", b"a:4", b"b:1", b"a")])
+    assert store.scan(b"a:", None, 10) == ([(b"a:1", b"A:1"), (b"a:2", b"A:2"),
+                                             (b"a:3", b"A:3"), (b"a:4", b"A:4")], False)
+    assert store.scan(b"a:", None, 2) == ([(b"a:1", b"A:1"), (b"a:2", b"A:2")], True)
+    assert store.scan(b"a:", b"a:2", 2) == ([(b"a:3", b"A:3"), (b"a:4", b"A:4")], False)
+    assert store.scan(b"", b"a:4", 10) == ([(b"b:1", b"B:1")], False)
+    assert store.scan(b"c", None, 10) == ([], False)
+
+
+async def test_subscribers_see_commits_in_lsn_order(store: NamespaceStore) -> None:
+    seen: list[int] = []
+    unsubscribe = store.subscribe(lambda recs: seen.extend(r.lsn for r in recs))
+    await asyncio.gather(*(store.put(f"k{i}".encode(), b"v") for i in range(20)))
+    await store.write([Mutation(Op.PUT, b"x", b"1"), Mutation(Op.DELETE, b"x")])
+    assert seen == list(range(1, 23))
+    unsubscribe()
+    await store.put(b"after", b"v")
+    assert seen == list(range(1, 23))
+
+
+async def test_wait_beyond_wakes_on_commit(store: NamespaceStore) -> None:
+    waiter = asyncio.create_task(store.wait_beyond(0))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    await store.put(b"k", b"v")
+    async with asyncio.timeout(5):
+        assert await waiter is True
+
+
+# ---------------------------------------------------------------- retention
+
+
+async def test_retention_by_count_trims_the_log_not_the_data(store: NamespaceStore) -> None:
+    for chunk in range(10):
+        await store.write([Mutation(Op.PUT, f"k{chunk * 10 + i:03d}".encode(), b"v")
+                           for i in range(10)])
+    assert await store.apply_retention(max_records=10) == 90
+    assert store.first_lsn == 91 and store.last_lsn == 100
+    with pytest.raises(LogTrimmed) as err:
+        store.read_log(50)
+    assert (err.value.wanted, err.value.first) == (50, 91)
+    assert [r.lsn for r in store.read_log(91)] == list(range(91, 101))
+    assert all(store.get(f"k{i:03d}".encode()) == b"v" for i in range(100))
+    assert store.stats.trimmed_records == 90
+
+
+async def test_trim_never_drops_the_newest_record(store: NamespaceStore) -> None:
+    await store.write([Mutation(Op.PUT, f"k{i}".encode(), b"v") for i in range(5)])
+    await store.trim_log(10**9)
+    assert [r.lsn for r in store.read_log(store.first_lsn)] == [5]
+    assert store.read_log(6) == []  # asking for what comes next is not "trimmed"
+
+
+async def test_retention_by_age(store: NamespaceStore) -> None:
+    hour_ago = now_ms() - 3_600_000
+    await store.apply_records(upstream_records(1, 5, ts_ms=hour_ago))
+    await store.apply_records(upstream_records(6, 3))
+    assert await store.apply_retention(max_age_s=60) == 5
+    assert store.first_lsn == 6
+
+
+async def test_trimmed_position_survives_reopen(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    await s.write([Mutation(Op.PUT, f"k{i}".encode(), b"v") for i in range(20)])
+    await s.trim_log(15)
+    await s.close()
+    s = open_store(tmp_path)
+    try:
+        assert (s.first_lsn, s.last_lsn) == (15, 20)
+        with pytest.raises(LogTrimmed):
+            s.read_log(3)
+    finally:
+        await s.close()
+
+
+# ---------------------------------------------------------------- replication apply
+
+
+async def test_apply_records_keeps_upstream_lsns(store: NamespaceStore) -> None:
+    recs = upstream_records(1, 4)
+    await store.apply_records(recs)
+    assert store.last_lsn == 4 and store.stats.replicated_records == 4
+    assert store.read_log(1) == recs
+    assert store.get(b"up:3") == b"v"
+
+
+async def test_corrupt_record_is_refused_and_nothing_is_applied(store: NamespaceStore) -> None:
+    good = upstream_records(1, 3)
+    bad = Record(good[1].lsn, good[1].op, good[1].key, b"flipped", good[1].ts_ms, good[1].crc32)
+    with pytest.raises(CorruptRecord, match="CRC32 mismatch"):
+        await store.apply_records([good[0], bad, good[2]])
+    assert store.last_lsn == 0 and store.get(good[0].key) is None
+
+
+async def test_gap_or_replay_is_refused(store: NamespaceStore) -> None:
+    await store.apply_records(upstream_records(1, 2))
+    with pytest.raises(OutOfOrder, match="expected lsn 3, got 5"):
+        await store.apply_records(upstream_records(5, 1))
+    with pytest.raises(OutOfOrder, match="expected lsn 3, got 2"):
+        await store.apply_records(upstream_records(2, 2))
+    assert store.last_lsn == 2
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+async def copy_snapshot(source: NamespaceStore, target: NamespaceStore) -> int:
+    lsn, items = await source.snapshot()
+    await target.begin_snapshot_install()
+    chunk: list[tuple[bytes, bytes]] = []
+    for kv in items:
+        chunk.append(kv)
+        if len(chunk) == 7:
+            await target.load_snapshot_items(chunk)
+            chunk = []
+    await target.load_snapshot_items(chunk)
+    await target.finish_snapshot_install(lsn)
+    return lsn
+
+
+async def test_snapshot_install_then_continue_from_the_next_lsn(tmp_path: Path) -> None:
+    source, target = open_store(tmp_path, "source"), open_store(tmp_path, "target")
+    events: list[Sequence[Record]] = []
+    target.subscribe(events.append)
+    try:
+        await source.write([Mutation(Op.PUT, f"k{i:02d}".encode(), str(i).encode())
+                            for i in range(30)])
+        await source.write([Mutation(Op.DELETE, b"k05")])
+        await source.trim_log(source.last_lsn)
+        await target.put(b"stale-local", b"gone after install")
+
+        lsn = await copy_snapshot(source, target)
+        assert lsn == 31
+        assert (target.last_lsn, target.first_lsn) == (31, 32)
+        assert target.scan(b"", None, 100) == source.scan(b"", None, 100)
+        assert target.get(b"stale-local") is None and target.get(b"k05") is None
+        assert events[-1] == ()  # subscribers hear that the state was replaced
+        assert target.stats.snapshots_installed == 1
+
+        await source.put(b"after", b"snapshot")
+        await target.apply_records(source.read_log(32))
+        assert target.get(b"after") == b"snapshot" and target.last_lsn == 32
+    finally:
+        await source.close()
+        await target.close()
+
+
+async def test_interrupted_snapshot_install_restarts_empty(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    await s.write([Mutation(Op.PUT, b"old", b"v")])
+    await s.begin_snapshot_install()
+    await s.load_snapshot_items([(b"half", b"installed")])
+    await s.close()  # crash-equivalent: finish_snapshot_install never ran
+
+    s = open_store(tmp_path)
+    try:
+        assert s.last_lsn == 0
+        assert s.get(b"half") is None and s.get(b"old") is None
+    finally:
+        await s.close()
