@@ -47,6 +47,9 @@ class OperatorConfig:
     """What differs between production and tests."""
 
     client_factory: Callable[[], KubeClient] = KubeClient.from_environment
+    # kopf's own connection (watching the UnisonClusters, posting status and Events);
+    # the default reads the in-cluster service account or the kubeconfig, like the client.
+    login: Callable[..., kopf.ConnectionInfo | None] = kopf.login_via_client
     status_interval: float = 10.0  # seconds between readiness checks per cluster
     recreate_timeout: float = 60.0  # wait for an orphan-deleted StatefulSet to go away
 
@@ -272,13 +275,17 @@ def make_registry(cfg: OperatorConfig | None = None,
                   registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
     """A kopf registry with the UnisonCluster handlers bound to `cfg`."""
     cfg = cfg or OperatorConfig()
-    registry = registry or kopf.SmartOperatorRegistry()
+    registry = registry or kopf.OperatorRegistry()
     holder: dict[str, KubeClient] = {}
 
     def api() -> KubeClient:
         if "api" not in holder:
             holder["api"] = cfg.client_factory()
         return holder["api"]
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return cfg.login(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -297,7 +304,7 @@ def make_registry(cfg: OperatorConfig | None = None,
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
         if "api" in holder:
-            await holder.pop("api").close()
+            await holder["api"].close()
 
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
@@ -316,7 +323,13 @@ def make_registry(cfg: OperatorConfig | None = None,
             spec = _parse(name, body.get("spec") or {})
         except SpecError:
             return  # the reconcile handler reported it; nothing to observe
-        parts = await observe(api(), spec, name, namespace)
+        client = api()
+        try:
+            parts = await observe(client, spec, name, namespace)
+        except Exception:
+            if client.closed:
+                return  # the operator is stopping; the session went away mid-request
+            raise
         new = cluster_status(spec, parts, dict(status), None)
         if _changed(status, new):
             patch.status.update(new)

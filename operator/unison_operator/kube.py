@@ -57,6 +57,7 @@ class KubeClient:
     ssl_context: ssl.SSLContext | None = None
     token: Callable[[], str | None] | None = None
     _session: aiohttp.ClientSession | None = None
+    _closed: bool = False
 
     @classmethod
     def from_environment(cls) -> KubeClient:
@@ -83,12 +84,19 @@ class KubeClient:
 
         return cls(server=cfg.host, ssl_context=ctx, token=token)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def close(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _sess(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("the Kubernetes client is closed (operator shutting down)")
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(ssl=self.ssl_context) if self.ssl_context else None
             self._session = aiohttp.ClientSession(

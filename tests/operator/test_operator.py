@@ -1,0 +1,206 @@
+"""The operator under kopf's real runner against kmock's Kubernetes emulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from unison_operator.render import render
+from unison_operator.spec import parse_cluster
+
+from .conftest import (
+    NS,
+    UC_PATH,
+    ApiServerEmulator,
+    as_sent,
+    eventually,
+    example,
+    live,
+    running_operator,
+    writes,
+)
+
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
+
+EXPECTED = [
+    ("ConfigMap", "ad-campaign-config"),
+    ("Service", "ad-campaign-dc1-headless"), ("Service", "ad-campaign-dc1"),
+    ("StatefulSet", "ad-campaign-dc1"), ("PodDisruptionBudget", "ad-campaign-dc1"),
+    ("Service", "ad-campaign-dc2-headless"), ("Service", "ad-campaign-dc2"),
+    ("StatefulSet", "ad-campaign-dc2"), ("PodDisruptionBudget", "ad-campaign-dc2"),
+    ("Service", "ad-campaign-relayer-headless"), ("Service", "ad-campaign-relayer"),
+    ("StatefulSet", "ad-campaign-relayer"), ("PodDisruptionBudget", "ad-campaign-relayer"),
+    ("Service", "ad-campaign-client"), ("Deployment", "ad-campaign-client"),
+]
+
+
+def all_children(k8s: Any) -> bool:
+    return all(live(k8s, kind, name) for kind, name in EXPECTED)
+
+
+async def create(k8s: Any, doc: dict[str, Any]) -> None:
+    resp = await k8s.post(UC_PATH, json=doc)
+    assert resp.status == 201 or resp.status == 200, await resp.text()
+
+
+async def test_create_makes_every_child_owned_by_the_cluster(k8s: Any) -> None:
+    async with running_operator(k8s):
+        await create(k8s, example())
+        await eventually(lambda: all_children(k8s), "every child object")
+    for kind, name in EXPECTED:
+        obj = live(k8s, kind, name)
+        (owner,) = obj["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "unisondb.io/v1alpha1", "kind": "UnisonCluster",
+                         "name": "ad-campaign", "uid": "uid-ad-campaign", "controller": True,
+                         "blockOwnerDeletion": True}
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "ad-campaign"
+    # What was stored is exactly what `unison render` shows (plus owner references).
+    rendered = render(parse_cluster(example()), "ad-campaign", NS, "uid-ad-campaign")
+    assert [as_sent(live(k8s, o["kind"], o["metadata"]["name"])) for o in rendered] == rendered
+
+
+def handled(k8s: Any, needle: str) -> bool:
+    """kopf recorded a successful handling of a spec/metadata containing `needle`."""
+    annotations = live(k8s, "UnisonCluster", "ad-campaign")["metadata"].get("annotations", {})
+    return needle in annotations.get("unisondb.io/last-handled-configuration", "")
+
+
+async def patch_cluster(k8s: Any, patch: dict[str, Any]) -> None:
+    resp = await k8s.patch(f"{UC_PATH}/ad-campaign", json=patch)
+    assert resp.status == 200, await resp.text()
+
+
+def sts_storage(k8s: Any, name: str) -> str:
+    (claim,) = live(k8s, "StatefulSet", name)["spec"]["volumeClaimTemplates"]
+    return claim["spec"]["resources"]["requests"]["storage"]
+
+
+async def test_storage_change_and_new_datacenter_update_the_children(k8s: Any) -> None:
+    # The PVC the StatefulSet controller would have made for dc1's pod.
+    k8s.objects["v1/persistentvolumeclaims", NS, "data-ad-campaign-dc1-0"] = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-ad-campaign-dc1-0", "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}}
+    doc = example()
+    async with running_operator(k8s):
+        await create(k8s, doc)
+        await eventually(lambda: all_children(k8s), "every child object")
+
+        datacenters = doc["spec"]["datacenters"]
+        datacenters[0]["storage"]["size"] = "2Gi"
+        await patch_cluster(k8s, {"spec": {"datacenters": datacenters}})
+        await eventually(lambda: sts_storage(k8s, "ad-campaign-dc1") == "2Gi", "dc1 at 2Gi")
+        pvc = live(k8s, "PersistentVolumeClaim", "data-ad-campaign-dc1-0")
+        assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        assert sts_storage(k8s, "ad-campaign-dc2") == "1Gi"
+        # The immutable claim templates were replaced by orphaning the pods, not deleting them.
+        deletes = [r for r in list(k8s) if r.method == "DELETE"]
+        assert [(r.name, r.data["propagationPolicy"]) for r in deletes] == [
+            ("ad-campaign-dc1", "Orphan")]
+
+        datacenters.append({"name": "dc3", "namespaces": ["ad-campaign-dc3"]})
+        await patch_cluster(k8s, {"spec": {"datacenters": datacenters,
+                                           "relayer": {"follow": ["dc1", "dc2", "dc3"]}}})
+        await eventually(lambda: live(k8s, "StatefulSet", "ad-campaign-dc3"), "dc3 StatefulSet")
+        await eventually(lambda: "dc3" in live(k8s, "ConfigMap", "ad-campaign-config")["data"]
+                         ["relayer.toml"], "the relayer following dc3")
+        await eventually(lambda: handled(k8s, "dc3"), "the update to be handled")
+
+    expected = render(parse_cluster(live(k8s, "UnisonCluster", "ad-campaign")), "ad-campaign", NS,
+                      "uid-ad-campaign")
+    for obj in expected:
+        assert as_sent(live(k8s, obj["kind"], obj["metadata"]["name"])) == obj
+    relayer_ports = {p["name"]: p["port"] for p in
+                     live(k8s, "Service", "ad-campaign-relayer")["spec"]["ports"]}
+    assert relayer_ports == {"http": 8004, "grpc": 4004, "zmq-0": 5555, "zmq-1": 5556,
+                             "zmq-2": 5557}
+    args = live(k8s, "Deployment", "ad-campaign-client")["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert "ad-campaign-dc3=tcp://ad-campaign-relayer:5557" in args
+    assert "http://ad-campaign-relayer:8004" in args
+
+
+async def test_reconciling_an_unchanged_cluster_writes_nothing(k8s: Any) -> None:
+    async with running_operator(k8s):
+        await create(k8s, example())
+        await eventually(lambda: all_children(k8s) and handled(k8s, "ad-campaign-dc1"),
+                         "the creation to be handled")
+        since = len(list(k8s))
+        # A metadata change makes kopf run the update handler with an unchanged spec.
+        await patch_cluster(k8s, {"metadata": {"annotations": {"example.com/touched": "yes"}}})
+        await eventually(lambda: handled(k8s, "example.com/touched"), "the update handled")
+    # Operator restart: the resume handler reconciles every existing cluster.
+    restart = len(list(k8s))
+    async with running_operator(k8s):
+        await eventually(lambda: any(r.method == "GET" and r.name == "ad-campaign-client"
+                                     and r.resource.plural == "deployments"
+                                     for r in list(k8s)[restart:]), "a resumed reconcile")
+    assert writes(k8s, since) == []
+
+
+async def set_ready(k8s: Any, kind: str, name: str, ready: int) -> None:
+    plural = {"StatefulSet": "statefulsets", "Deployment": "deployments"}[kind]
+    status = {"replicas": 1, "readyReplicas": ready, "updatedReplicas": 1,
+              "availableReplicas": ready}
+    resp = await k8s.patch(f"/apis/apps/v1/namespaces/{NS}/{plural}/{name}/status",
+                           json={"status": status})
+    assert resp.status == 200, await resp.text()
+
+
+def cluster_status(k8s: Any) -> dict[str, Any]:
+    return live(k8s, "UnisonCluster", "ad-campaign").get("status") or {}
+
+
+async def test_ready_children_make_the_cluster_ready(k8s: Any) -> None:
+    async with running_operator(k8s):
+        await create(k8s, example())
+        await eventually(lambda: all_children(k8s), "every child object")
+        await eventually(lambda: cluster_status(k8s).get("phase") == "Pending", "Pending")
+        parts = [("StatefulSet", "ad-campaign-dc1"), ("StatefulSet", "ad-campaign-dc2"),
+                 ("StatefulSet", "ad-campaign-relayer"), ("Deployment", "ad-campaign-client")]
+        for kind, name in parts:
+            await set_ready(k8s, kind, name, 1)
+        status = await eventually(
+            lambda: (s := cluster_status(k8s)).get("phase") == "Ready" and s, "Ready")
+        (cond,) = status["conditions"]
+        assert (cond["type"], cond["status"], cond["reason"]) == ("Ready", "True", "AllPartsReady")
+        assert status["ready"] == "4/4"
+        assert status["observedGeneration"] == 1
+        assert status["parts"]["relayer"] == {"ready": 1, "desired": 1}
+
+        await set_ready(k8s, "StatefulSet", "ad-campaign-dc2", 0)
+        status = await eventually(
+            lambda: (s := cluster_status(k8s)).get("phase") == "Degraded" and s, "Degraded")
+        (cond,) = status["conditions"]
+        assert cond["status"] == "False" and "dc2 0/1" in cond["message"]
+
+
+def warning_events(k8s: Any) -> list[dict[str, Any]]:
+    return [r.data for r in list(k8s) if r.method == "POST" and r.resource is not None
+            and r.resource.plural == "events" and r.data.get("type") == "Warning"]
+
+
+async def test_invalid_spec_is_reported_and_touches_no_child(k8s: Any) -> None:
+    doc = example()
+    # Passes the CRD schema but not the operator: notifier ports would collide with
+    # the gRPC ports of the nodes when the same manifest runs locally.
+    doc["spec"]["relayer"]["notifierBasePort"] = 4002
+    async with running_operator(k8s):
+        await create(k8s, doc)
+        status = await eventually(
+            lambda: (s := cluster_status(k8s)).get("phase") == "Invalid" and s, "Invalid")
+        (cond,) = status["conditions"]
+        assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
+        assert cond["message"].startswith("spec.relayer.notifierBasePort: ")
+        events = await eventually(lambda: warning_events(k8s), "a Warning event")
+        assert events[0]["reason"] == "InvalidSpec"
+        assert events[0]["message"] == cond["message"]
+        assert events[0]["involvedObject"]["name"] == "ad-campaign"
+        assert writes(k8s) == []
+
+        # Fixing the spec brings the cluster up.
+        await patch_cluster(k8s, {"spec": {"relayer": {"notifierBasePort": 5555}}})
+        await eventually(lambda: all_children(k8s), "every child object")
+        await eventually(lambda: cluster_status(k8s).get("phase") == "Pending", "Pending")
+        assert {r.resource.plural for r in writes(k8s)} >= {"configmaps", "statefulsets"}
