@@ -38,6 +38,7 @@ from unison.local.procs import (
     describe_exit,
     http_ok,
     port_problems,
+    stopped_cleanly,
 )
 from unison.local.scenarios import (
     DC1,
@@ -347,6 +348,7 @@ def main(argv: list[str]) -> int:
            f"http://localhost:{cluster.client.state_port}/state")
 
     ok = False
+    failed = False  # keep the temporary logs only when something went wrong
     uses: list[PortUse] = []
     try:
         running = [n for n in cluster.nodes if http_ok(f"{n.url}/healthz")]
@@ -367,9 +369,9 @@ def main(argv: list[str]) -> int:
                 cluster = plan_local(manifest, source, data_dir=temp_dir, **plan_kw)
             phases = cluster.phases()
             uses = cluster.port_uses()
-            where = (f"a temporary {cluster.data_dir}, removed if all goes well" if temp_dir
+            where = (f"{cluster.data_dir}, removed on success" if temp_dir
                      else display_path(cluster.data_dir))
-            c.heading(f"Starting a local cluster (data and logs in {where})")
+            c.heading(f"Starting a local cluster (data and logs: {where})")
         if phases:
             problems = port_problems(uses)
             if problems:
@@ -386,10 +388,12 @@ def main(argv: list[str]) -> int:
         demo.run()
         demo.show_state()
         ok = demo.summary()
+        failed = not ok
     except StartFailure as failure:
         if failure.child is None:
             c.line("Interrupted.")
             return 130
+        failed = True
         report_start_failure(console, failure)
         return 1
     except Interrupted:
@@ -400,14 +404,14 @@ def main(argv: list[str]) -> int:
             c.line()
             c.line("Stopping the local cluster ...")
             codes = group.stop()
-            unclean = {n: code for n, code in codes.items() if code != 0}
+            unclean = {n: code for n, code in codes.items() if not stopped_cleanly(code)}
             if unclean:
                 c.line(f"  {c.fail_mark} did not stop cleanly: " +
                        ", ".join(f"{n} ({describe_exit(code)})" for n, code in unclean.items()))
             else:
                 c.line(f"  {c.ok_mark} stopped {', '.join(codes)}")
         if temp_dir is not None:
-            if ok or not group.children:
+            if not failed:
                 shutil.rmtree(temp_dir, ignore_errors=True)
             else:
                 c.line(f"Logs kept in {temp_dir}")

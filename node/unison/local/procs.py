@@ -168,6 +168,11 @@ def describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+def stopped_cleanly(code: int) -> bool:
+    """Exit 0, or SIGTERM's default action (a child stopped before it set its handlers)."""
+    return code in (0, -signal.SIGTERM)
+
+
 # ---------------------------------------------------------------- log streaming
 
 

@@ -28,7 +28,13 @@ from unison.local.cluster import (
     try_lines,
 )
 from unison.local.console import Console
-from unison.local.procs import ProcessGroup, StartFailure, describe_exit, port_problems
+from unison.local.procs import (
+    ProcessGroup,
+    StartFailure,
+    describe_exit,
+    port_problems,
+    stopped_cleanly,
+)
 
 
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +43,8 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="where node data, rendered TOML and logs go "
                         "(default: ./.unison/<cluster name>)")
     p.add_argument("--client-port", type=_port, metavar="PORT",
-                   help=f"port of the CRDT client's /state (default: {DEFAULT_CLIENT_PORT})")
+                   help="port of the CRDT client's /state (default: the manifest's "
+                        f"spec.client.statePort, else {DEFAULT_CLIENT_PORT})")
     p.add_argument("--port-offset", type=int, default=0, metavar="N",
                    help="add N to every port, to run a second cluster beside one on the "
                         "seed's ports (default: 0)")
@@ -170,7 +177,7 @@ def main(argv: list[str]) -> int:
     for name, code in codes.items():
         if name in reported:
             continue
-        if code == 0:
+        if stopped_cleanly(code):
             console.line(f"  {console.ok_mark} {name} stopped")
         else:
             clean = False
