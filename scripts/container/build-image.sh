@@ -7,8 +7,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ls "$BUILD_DIR"/wheels/unison/unison-*.whl >/dev/null 2>&1 \
     || die "no wheelhouse in $BUILD_DIR/wheels; run scripts/container/wheelhouse.sh"
 docker_up || die "no docker engine; run scripts/container/start-docker.sh"
-"$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
-    || die "base image $BASE_IMAGE missing; run scripts/container/base-image.sh"
+if ! "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+    # A public base (e.g. python:3.11-slim-bookworm) where a registry is reachable.
+    say "base image $BASE_IMAGE not present; trying docker pull"
+    "$DOCKER" pull "$BASE_IMAGE" >/dev/null 2>&1 \
+        || die "base image $BASE_IMAGE missing and cannot be pulled; run scripts/container/base-image.sh"
+fi
 
 say "docker build $IMAGE (BASE_IMAGE=$BASE_IMAGE)"
 start=$(date +%s)

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
@@ -97,6 +98,14 @@ def request(port: int, method: str, path: str, body: Any = None, *,
 
 def kv_path(namespace: str, key: str) -> str:
     return f"/api/v1/{namespace}/kv/{urllib.parse.quote(key, safe='')}"
+
+
+def relayer_value(port: int, namespace: str, key: str) -> Any:
+    """The JSON a key holds on the relayer (the seed's `curl ... | jq` + `base64 -d`)."""
+    status, body = request(port, "GET", kv_path(namespace, key))
+    assert status == 200 and isinstance(body, dict) and body.get("found") is True, (
+        f"GET {namespace}/{key} from the relayer answered {status} {body}")
+    return json.loads(base64.b64decode(body["value"]))
 
 
 def wait_for(what: str, probe: Callable[[], bool], timeout: float,

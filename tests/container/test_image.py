@@ -23,6 +23,7 @@ from tests.container.harness import (
     docker_unavailable_reason,
     free_ports,
     kv_path,
+    relayer_value,
     request,
     run_scenarios,
     unmet,
@@ -185,8 +186,7 @@ def test_seed_scenarios_converge_across_containers(cluster: Cluster, tmp_path: P
 
     # The seed's last step: the relayer serves each datacenter's namespace read-only.
     for read in RELAYER_READS:
-        status, body = request(http_port["relayer"], "GET", kv_path(read.namespace, read.key))
-        assert status == 200 and body.get("found") is True, (read, status, body)
+        assert relayer_value(http_port["relayer"], read.namespace, read.key) == read.payload
     status, body = request(http_port["relayer"], "PUT", kv_path(DC1, "lww:x"), {"value": ""})
     assert status == 403, (status, body)
 
