@@ -345,6 +345,7 @@ def test_metrics_are_prometheus_text_with_namespace_and_request_counts(node: Nod
     assert m['unison_http_requests_total{method="GET",route="/api/v1/{ns}/kv/{key}",'
              'status="404"}'] >= 1
     assert m["unison_ready"] == 1
+    assert m["unison_watch_streams"] == 0
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     assert types["unison_puts_total"] == "counter" and types["unison_namespace_lsn"] == "gauge"
 

@@ -18,7 +18,7 @@ from unison.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from unison.api.metrics import RequestCounter, render_metrics
 from unison.api.openapi import openapi_document
 from unison.api.responses import ApiError, error_response, json_bytes, json_ok
-from unison.api.watch import add_watch_routes
+from unison.api.watch import add_watch_routes, watch_metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def _middleware(ctx: Any, requests: RequestCounter) -> Any:
             if e.status < 400:  # redirects and the like are not errors
                 raise
             response = error_response(e.status, e.reason)
+        except ConnectionResetError:
+            raise  # the client went away (e.g. mid-stream on /watch): nothing to answer
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
             response = error_response(500, "internal error (see the node's log)")
@@ -81,7 +83,7 @@ def build_app(ctx: Any) -> web.Application:
                         "error": "not ready: " + "; ".join(reasons)}, 503)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=render_metrics(ctx, requests).encode(),
+        return web.Response(body=render_metrics(ctx, requests, watch_metrics(app)).encode(),
                             headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def openapi_json(request: web.Request) -> web.Response:

@@ -112,7 +112,8 @@ _STORE_COUNTERS: Iterable[tuple[str, str, str]] = (
 )
 
 
-def render_metrics(ctx: Any, requests: RequestCounter) -> str:
+def render_metrics(ctx: Any, requests: RequestCounter,
+                   watch: dict[str, int] | None = None) -> str:
     ex = Exposition()
     ex.add("unison_build_info", "gauge", "Node version and role.", 1,
            {"version": __version__, "role": ctx.role})
@@ -132,6 +133,11 @@ def render_metrics(ctx: Any, requests: RequestCounter) -> str:
     for (method, route, status), n in sorted(requests.counts.items()):
         ex.add("unison_http_requests_total", "counter", "HTTP requests by route and status.", n,
                {"method": method, "route": route, "status": str(status)})
+    if watch:
+        ex.add("unison_watch_streams", "gauge", "Open /watch event streams.",
+               watch.get("watch_streams"))
+        ex.add("unison_watch_events_sent_total", "counter", "Events sent on /watch streams.",
+               watch.get("watch_events_sent"))
     for ns, follower in ctx.followers.items():
         status = follower.status()
         labels = {"namespace": ns, "upstream": str(status.get("upstream", ""))}
