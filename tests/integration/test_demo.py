@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,12 +49,15 @@ def test_make_demo_runs_the_seed_story_and_passes(seed_ports: None, tmp_path: Pa
         'client: counter:api-calls = total 175 {"ad-campaign-dc1":100,"ad-campaign-dc2":75}',
         'client: counter:db-queries = total 250 {"ad-campaign-dc1":250}',
         'GET :8003/api/v1/ad-campaign-dc1/kv/lww:user-status  -> "online" from ad-campaign-dc1',
-        "CURRENT CRDT STATE",
+        "Converged state",
         "writes acknowledged:  11/11",
         "outcomes as expected: 8/8",
         "PASS",
     ):
         assert line in out, f"missing {line!r} in:\n{out}"
+    # The converged state block: one line per key.
+    assert re.search(r'lww:user-status +"away" +ad-campaign-dc2 @ 1698765433000', out)
+    assert re.search(r'counter:page-views +8 +\{"ad-campaign-dc1":5,"ad-campaign-dc2":3\}', out)
     for n in range(1, 6):
         assert f"Scenario {n}: " in out
     assert "FAIL" not in out

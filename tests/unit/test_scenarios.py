@@ -17,7 +17,7 @@ import yaml
 from unison.crdt.state import CRDTState
 from unison.local.cluster import plan_local
 from unison.local.demo import SEED_MANIFEST
-from unison.local.scenarios import RELAYER_READS, render_state, seed_scenarios
+from unison.local.scenarios import RELAYER_READS, seed_scenarios, state_table
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "examples" / "curl-scenarios.sh"
@@ -88,17 +88,20 @@ def test_expectations_notice_a_wrong_state() -> None:
     assert not any(e.check({})[0] for s in seed_scenarios(NOW) for e in s.expects)
 
 
-def test_state_block_reads_like_the_seed() -> None:
+def test_state_table_shows_every_key_with_its_winner_or_total() -> None:
     state = CRDTState()
     for w in all_writes():
         state.apply_json(w.key, w.json_text)
-    text = "\n".join(render_state(state.snapshot()))
-    assert "CURRENT CRDT STATE" in text
-    assert "  lww:user-status:\n    Value: away\n    Timestamp: 1698765433000\n" \
-           "    Replica: ad-campaign-dc2" in text
-    assert '    Replica Counts: {"ad-campaign-dc1":5,"ad-campaign-dc2":3}\n    Total: 8' in text
-    assert '    Replica Counts: {"ad-campaign-dc1":100,"ad-campaign-dc2":75}\n    Total: 175' in text
-    assert "    Value: true\n    Timestamp: 2000" in text
+    lines = state_table(state.snapshot())
+    assert [line.split()[0] for line in lines] == [
+        "lww:config", "lww:feature-flag", "lww:user-status",
+        "counter:api-calls", "counter:db-queries", "counter:page-views"]
+    row = dict((line.split()[0], line.split(None, 1)[1]) for line in lines)
+    assert row["lww:user-status"].split() == ['"away"', "ad-campaign-dc2", "@", "1698765433000"]
+    assert row["lww:feature-flag"].split() == ["true", "ad-campaign-dc1", "@", "2000"]
+    assert row["counter:page-views"].split() == ["8", '{"ad-campaign-dc1":5,"ad-campaign-dc2":3}']
+    assert row["counter:api-calls"].split()[0] == "175"
+    assert state_table({}) == ["(empty)"]
 
 
 def test_relayer_reads_match_what_each_datacenter_wrote() -> None:

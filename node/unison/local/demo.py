@@ -49,9 +49,9 @@ from unison.local.scenarios import (
     Scenario,
     Write,
     describe_register,
-    render_state,
     seed_scenarios,
     state_of,
+    state_table,
 )
 from unison.local.up import StopRequest, add_cluster_args
 
@@ -258,7 +258,7 @@ class Demo:
         status, doc = request("GET", f"{self.client.url}/state")
         if status == 200:
             self.state = state_of(doc)
-            for line in render_state(self.state):
+            for line in state_table(self.state):
                 c.line("  " + line)
         else:
             c.line(f"  {c.fail_mark} could not read it ({status or 'no answer'})")

@@ -158,33 +158,20 @@ def state_of(doc: Any) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def render_state(state: dict[str, Any]) -> list[str]:
-    """The seed's "CURRENT CRDT STATE" block from a /state document."""
-    lines = ["CURRENT CRDT STATE"]
-    registers = state.get("lww") or {}
-    if registers:
-        lines.append("LWW-Registers:")
-        for key, reg in registers.items():
-            lines += [f"  {key}:",
-                      f"    Value: {_plain(reg.get('value'))}",
-                      f"    Timestamp: {reg.get('timestamp')}",
-                      f"    Replica: {reg.get('replica')}"]
-    counters = state.get("counters") or {}
-    if counters:
-        lines.append("G-Counters:")
-        for key, c in counters.items():
-            counts = json.dumps(c.get("counts", {}), separators=(",", ":"), sort_keys=True)
-            lines += [f"  {key}:", f"    Replica Counts: {counts}", f"    Total: {c.get('total')}"]
-    pn = state.get("pncounters") or {}
-    if pn:
-        lines.append("PN-Counters:")
-        for key, c in pn.items():
-            lines += [f"  {key}:", f"    Total: {c.get('total')}"]
-    if len(lines) == 1:
-        lines.append("  (empty)")
-    return lines
-
-
-def _plain(value: Any) -> str:
-    """Strings bare (as the seed prints them), everything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(value)
+def state_table(state: dict[str, Any]) -> list[str]:
+    """The converged state, one key a line: registers (value, replica, timestamp), then
+    counters (total, per-replica counts)."""
+    rows: list[tuple[str, str, str]] = []
+    for key, reg in (state.get("lww") or {}).items():
+        rows.append((key, json.dumps(reg.get("value"), ensure_ascii=False),
+                     f"{reg.get('replica')} @ {reg.get('timestamp')}"))
+    for key, c in (state.get("counters") or {}).items():
+        counts = json.dumps(c.get("counts", {}), separators=(",", ":"), sort_keys=True)
+        rows.append((key, str(c.get("total")), counts))
+    for key, c in (state.get("pncounters") or {}).items():
+        rows.append((key, str(c.get("total")), "PN-counter"))
+    if not rows:
+        return ["(empty)"]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return [f"{k.ljust(w0)}  {v.ljust(w1)}  {extra}" for k, v, extra in rows]
