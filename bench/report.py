@@ -396,6 +396,7 @@ def write_plots(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
             for i, pts in enumerate(reps, start=1):
                 if pts:
                     ax.plot([t for t, _ in pts], [y for _, y in pts], lw=0.8,
+                            marker="o" if len(pts) < 100 else None, ms=3,
                             label=f"repetition {i}")
             ax.set_xlabel("time since start (s)")
             ax.set_ylabel(name)
