@@ -1,0 +1,250 @@
+"""Rendering a UnisonCluster into Kubernetes objects: determinism, names, ports, TOML."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from unison.config import parse_config, render_toml
+from unison_operator.render import CONFIG_HASH_ANNOTATION, HASH_ANNOTATION, render
+from unison_operator.render_cli import main as render_main
+from unison_operator.spec import load_cluster, parse_cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "ad-campaign.yaml"
+K8S_VERSION = kubernetes_validate.utils.latest_version()
+
+
+def seed(uid: str | None = "uid-1") -> list[dict[str, Any]]:
+    return render(load_cluster(EXAMPLE), "ad-campaign", "prod", uid)
+
+
+def by_name(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    (c,) = obj["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_seed_topology_renders_the_expected_objects() -> None:
+    assert [(o["kind"], o["metadata"]["name"]) for o in seed()] == [
+        ("ConfigMap", "ad-campaign-config"),
+        ("Service", "ad-campaign-dc1-headless"), ("Service", "ad-campaign-dc1"),
+        ("StatefulSet", "ad-campaign-dc1"), ("PodDisruptionBudget", "ad-campaign-dc1"),
+        ("Service", "ad-campaign-dc2-headless"), ("Service", "ad-campaign-dc2"),
+        ("StatefulSet", "ad-campaign-dc2"), ("PodDisruptionBudget", "ad-campaign-dc2"),
+        ("Service", "ad-campaign-relayer-headless"), ("Service", "ad-campaign-relayer"),
+        ("StatefulSet", "ad-campaign-relayer"), ("PodDisruptionBudget", "ad-campaign-relayer"),
+        ("Service", "ad-campaign-client"), ("Deployment", "ad-campaign-client"),
+    ]
+    assert {o["metadata"]["namespace"] for o in seed()} == {"prod"}
+
+
+def test_rendering_is_deterministic() -> None:
+    first = yaml.safe_dump_all(seed())
+    # Same manifest with its keys in another order and defaults spelled out.
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"] = dict(reversed(list(doc["spec"].items())))
+    doc["spec"]["logLevel"] = "info"
+    doc["spec"]["relayer"]["storage"] = {"size": "1Gi", "reclaimPolicy": "Retain"}
+    again = render(parse_cluster(doc), "ad-campaign", "prod", "uid-1")
+    assert yaml.safe_dump_all(again) == first
+    assert yaml.safe_dump_all(seed()) == first
+
+
+@pytest.mark.parametrize("uid", ["uid-1", None])
+def test_every_object_validates_against_the_kubernetes_schema(uid: str | None) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["datacenters"][0].update(
+        zone="zone-a", nodeSelector={"kubernetes.io/hostname": "kind-worker"},
+        resources={"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+        storage={"size": "2Gi", "storageClassName": "standard", "reclaimPolicy": "Delete"})
+    doc["spec"]["relayer"]["replicas"] = 2
+    for objects in (seed(uid), render(parse_cluster(doc), "ad-campaign", "prod", uid)):
+        for obj in objects:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_invalid_object_is_caught_by_the_validator() -> None:
+    # Guards the test above: the validator does reject a broken StatefulSet.
+    sts = copy.deepcopy(by_name(seed(), "StatefulSet", "ad-campaign-dc1"))
+    sts["spec"]["replicas"] = "one"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
+
+
+def test_node_statefulsets_follow_the_contract() -> None:
+    objects = seed()
+    dc1 = by_name(objects, "StatefulSet", "ad-campaign-dc1")
+    c = container(dc1)
+    assert c["image"] == "unison:0.1.0"
+    assert c["args"] == ["node", "-config", "/etc/unison/dc1.toml", "replicator"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": 8001, "grpc": 4001}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/etc/unison", "/data"}
+    pod = dc1["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    assert dc1["spec"]["replicas"] == 1
+    assert dc1["spec"]["serviceName"] == "ad-campaign-dc1-headless"
+    (claim,) = dc1["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert dc1["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    assert CONFIG_HASH_ANNOTATION in dc1["spec"]["template"]["metadata"]["annotations"]
+
+    relayer = by_name(objects, "StatefulSet", "ad-campaign-relayer")
+    c = container(relayer)
+    assert c["args"] == ["node", "-config", "/etc/unison/relayer.toml", "relayer"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "http": 8003, "grpc": 4003, "zmq-0": 5555, "zmq-1": 5556}
+
+
+def test_services_expose_named_ports_and_the_zmq_map() -> None:
+    objects = seed()
+    headless = by_name(objects, "Service", "ad-campaign-relayer-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    svc = by_name(objects, "Service", "ad-campaign-relayer")
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [
+        ("http", 8003), ("grpc", 4003), ("zmq-0", 5555), ("zmq-1", 5556)]
+    assert svc["metadata"]["annotations"]["unisondb.io/zmq-ports"] == (
+        "ad-campaign-dc1=5555,ad-campaign-dc2=5556")
+    sts = by_name(objects, "StatefulSet", "ad-campaign-relayer")
+    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    assert sts["spec"]["selector"]["matchLabels"].items() <= (
+        sts["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_client_deployment_points_at_the_relayer() -> None:
+    client = by_name(seed(), "Deployment", "ad-campaign-client")
+    c = container(client)
+    assert c["args"] == [
+        "client", "--http", "http://ad-campaign-relayer:8003",
+        "--zmq", "ad-campaign-dc1=tcp://ad-campaign-relayer:5555",
+        "--zmq", "ad-campaign-dc2=tcp://ad-campaign-relayer:5556",
+        "--state-host", "0.0.0.0", "--state-port", "8090"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+
+
+def test_disabling_the_client_removes_it() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["client"]["enabled"] = False
+    kinds = {(o["kind"], o["metadata"]["name"])
+             for o in render(parse_cluster(doc), "ad-campaign", "prod")}
+    assert ("Deployment", "ad-campaign-client") not in kinds
+    assert ("Service", "ad-campaign-client") not in kinds
+
+
+def test_labels_and_owner_references() -> None:
+    for obj in seed():
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "unison"
+        assert labels["app.kubernetes.io/instance"] == "ad-campaign"
+        assert labels["app.kubernetes.io/managed-by"] == "unison-operator"
+        assert labels["app.kubernetes.io/part-of"] == "unison"
+        assert labels["app.kubernetes.io/component"] in (
+            "config", "datacenter", "relayer", "client")
+        assert obj["metadata"]["ownerReferences"] == [{
+            "apiVersion": "unisondb.io/v1alpha1", "kind": "UnisonCluster",
+            "name": "ad-campaign", "uid": "uid-1", "controller": True,
+            "blockOwnerDeletion": True}]
+    assert all("ownerReferences" not in o["metadata"] for o in seed(uid=None))
+
+
+def test_configmap_toml_is_what_unison_up_writes_apart_from_paths_and_addresses() -> None:
+    cluster = load_cluster(EXAMPLE)
+    data = seed()[0]["data"]
+    assert sorted(data) == ["dc1.toml", "dc2.toml", "relayer.toml"]
+    for plan in cluster.plan(base_dir="/home/me/unison-data"):
+        local = plan.config
+        local = dataclasses.replace(
+            local, storage=dataclasses.replace(local.storage, base_dir="/data"),
+            relayers=[dataclasses.replace(u, upstream_address=f"{u.name}:{4000 + i}")
+                      for i, u in enumerate(local.relayers, start=1)])
+        in_cluster = parse_config(tomllib.loads(data[f"{plan.name}.toml"]), plan.name)
+        in_cluster = dataclasses.replace(
+            in_cluster, source=local.source,
+            relayers=[dataclasses.replace(u, upstream_address=f"{u.name}:{4000 + i}")
+                      for i, u in enumerate(in_cluster.relayers, start=1)])
+        assert in_cluster == local
+        if plan.name == "dc1":  # no addresses in a datacenter's file: byte-identical
+            assert data["dc1.toml"] == render_toml(local)
+
+
+def test_relayer_dials_datacenters_through_headless_service_dns() -> None:
+    relayer = tomllib.loads(seed()[0]["data"]["relayer.toml"])
+    assert relayer["relayer_config"]["dc1"]["upstream_address"] == (
+        "ad-campaign-dc1-0.ad-campaign-dc1-headless.prod.svc.cluster.local:4001")
+    assert relayer["storage_config"]["base_dir"] == "/data"
+    assert relayer["notifier_config"]["ad-campaign-dc2"]["bind_port"] == 5556
+
+
+def test_config_hash_rolls_only_the_nodes_whose_toml_changed() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["datacenters"][1]["namespaces"].append("ad-campaign-extra")
+
+    def hashes(objects: list[dict[str, Any]]) -> dict[str, str]:
+        return {o["metadata"]["name"]: o["spec"]["template"]["metadata"]["annotations"][
+            CONFIG_HASH_ANNOTATION] for o in objects if o["kind"] == "StatefulSet"}
+
+    before, after = hashes(seed()), hashes(render(parse_cluster(doc), "ad-campaign", "prod"))
+    assert before["ad-campaign-dc1"] == after["ad-campaign-dc1"]
+    assert before["ad-campaign-dc2"] != after["ad-campaign-dc2"]
+    assert before["ad-campaign-relayer"] != after["ad-campaign-relayer"]
+
+
+def test_applied_hash_changes_with_content_only() -> None:
+    a, b = seed(), seed()
+    assert [o["metadata"]["annotations"][HASH_ANNOTATION] for o in a] == [
+        o["metadata"]["annotations"][HASH_ANNOTATION] for o in b]
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["datacenters"][0]["storage"]["size"] = "5Gi"
+    changed = render(parse_cluster(doc), "ad-campaign", "prod", "uid-1")
+    differs = [o["metadata"]["name"] for o, n in zip(a, changed, strict=True)
+               if o["metadata"]["annotations"][HASH_ANNOTATION]
+               != n["metadata"]["annotations"][HASH_ANNOTATION]]
+    assert differs == ["ad-campaign-dc1"]
+
+
+def test_placement_and_reclaim_policy() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["datacenters"][1].update(zone="zone-b", nodeSelector={"disk": "ssd"})
+    doc["spec"]["datacenters"][1]["storage"]["reclaimPolicy"] = "Delete"
+    dc2 = by_name(render(parse_cluster(doc), "ad-campaign", "prod"), "StatefulSet",
+                  "ad-campaign-dc2")
+    assert dc2["spec"]["template"]["spec"]["nodeSelector"] == {
+        "disk": "ssd", "topology.kubernetes.io/zone": "zone-b"}
+    assert dc2["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Delete", "whenScaled": "Retain"}
+
+
+def test_render_cli_prints_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert render_main([str(EXAMPLE), "--namespace", "prod"]) == 0
+    printed = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert printed == seed(uid=None)
+
+
+def test_render_cli_bad_file_is_one_line_and_exit_2(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["datacenters"][1]["name"] = "dc1"
+    bad.write_text(yaml.safe_dump(doc))
+    assert render_main([str(bad)]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == (f'unison render: {bad}: spec.datacenters[1].name: must be unique, '
+                       '"dc1" is used twice\n')
+    assert render_main([str(tmp_path / "nope.yaml")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
