@@ -308,6 +308,11 @@ def endpoint_table(cluster: LocalCluster) -> list[str]:
     return out
 
 
+# The addresses examples/curl-scenarios.sh uses unless told otherwise.
+SCRIPT_DEFAULTS = {"DC1": ("dc1", 8001), "DC2": ("dc2", 8002), "RELAYER": ("relayer", 8003),
+                   "CLIENT": ("client", 8090)}
+
+
 def try_lines(cluster: LocalCluster) -> list[str]:
     """A few commands to paste, with this cluster's real ports."""
     lines = []
@@ -315,11 +320,19 @@ def try_lines(cluster: LocalCluster) -> list[str]:
     relayer = cluster.relayer
     if writer and relayer:
         ns = writer.config.storage.namespaces[0]
-        lines.append(f"curl -s -X PUT {writer.url.replace(HOST, 'localhost')}/api/v1/{ns}/kv/hello "
+        lines.append(f"curl -s -X PUT localhost:{writer.config.http_port}/api/v1/{ns}/kv/hello "
                      "-H 'Content-Type: application/json' "
                      "-d '{\"value\": \"'$(echo -n world | base64)'\"}'")
-        lines.append(f"curl -s {relayer.url.replace(HOST, 'localhost')}/api/v1/{ns}/kv/hello")
+        lines.append(f"curl -s localhost:{relayer.config.http_port}/api/v1/{ns}/kv/hello")
+    names = {n.name for n in cluster.nodes}
+    if cluster.client and {"dc1", "dc2", "relayer"} <= names:
+        ports = {n.name: n.config.http_port for n in cluster.nodes}
+        ports["client"] = cluster.client.state_port
+        env = " ".join(f"{var}=http://localhost:{ports[name]}"
+                       for var, (name, default) in SCRIPT_DEFAULTS.items()
+                       if ports[name] != default)
+        lines.append(f"{env + ' ' if env else ''}bash examples/curl-scenarios.sh"
+                     "   # the seed's scenarios")
     if cluster.client:
-        lines.append("bash examples/curl-scenarios.sh   # the seed's scenarios")
         lines.append(f"curl -s localhost:{cluster.client.state_port}/state")
     return lines
