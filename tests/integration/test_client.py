@@ -176,8 +176,9 @@ class Notifier:
 
 
 class ClientProcess:
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.args = args
+        self.extra_env = env or {}
         self.proc: asyncio.subprocess.Process | None = None
         self.stdout = ""
         self.stderr = ""
@@ -185,7 +186,7 @@ class ClientProcess:
         self._readers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.extra_env)
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "unison.cli", "client", *self.args,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
@@ -566,3 +567,37 @@ def test_help_explains_the_options() -> None:
     assert proc.returncode == 0
     for word in ["--http", "--zmq", "--state-port", "UNISON_ZMQ", "/state", "/metrics"]:
         assert word in proc.stdout
+
+
+def test_a_state_port_in_use_is_reported() -> None:
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "unison.cli", "client", "--state-host", HOST,
+             "--state-port", str(port), "--zmq", f"a=tcp://{HOST}:1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"cannot serve on {HOST}:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+async def test_environment_configures_it(relayer, notifier) -> None:
+    relayer.put(DC2, "counter:env", {"replica": DC2, "count": 1})
+    zmq_env = ",".join(f"{ns}=tcp://{HOST}:{port}" for ns, port in notifier.ports.items())
+    env = {
+        "UNISON_HTTP": relayer.url + "/api/v1",  # the seed's spelling, with the API prefix
+        "UNISON_ZMQ": zmq_env + ",",
+        "UNISON_STATE_PORT": "0",
+        "UNISON_STATE_HOST": HOST,
+    }
+    client = ClientProcess([], env=env)
+    await client.start()
+    try:
+        await client.wait_ready()
+        assert (await client.state())["counters"]["counter:env"]["total"] == 1
+        assert f"Connecting to ZeroMQ {DC2}: tcp://{HOST}:{notifier.ports[DC2]}" in client.stdout
+    finally:
+        assert await client.terminate() == 0

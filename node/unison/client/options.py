@@ -159,7 +159,8 @@ def parse_options(argv: list[str], env: Mapping[str, str] | None = None) -> Clie
     if args.zmq:
         opts.zmq = parse_zmq_pairs(args.zmq, "--zmq")
     elif env.get("UNISON_ZMQ"):
-        opts.zmq = parse_zmq_pairs(env["UNISON_ZMQ"].split(","), "UNISON_ZMQ")
+        items = [i for i in env["UNISON_ZMQ"].split(",") if i.strip()]
+        opts.zmq = parse_zmq_pairs(items, "UNISON_ZMQ")
 
     if args.state_port is not None:
         opts.state_port = _port(args.state_port, "--state-port")

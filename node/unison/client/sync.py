@@ -212,6 +212,10 @@ class NamespaceSync:
             self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
             log.warning("%s: skipping %s", self.ns, exc)
             return None
+        except Exception:  # data must never stop the client, even data we did not foresee
+            self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
+            log.exception("%s: skipping the value of key %r: it could not be merged", self.ns, key)
+            return None
         metric = {
             Outcome.UPDATED: "unison_client_updates_applied_total",
             Outcome.STALE: "unison_client_stale_ignored_total",
