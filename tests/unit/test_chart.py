@@ -6,6 +6,8 @@ port-forwards that match what the operator creates for examples/ad-campaign.yaml
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +237,18 @@ def test_notes_use_the_watched_namespace() -> None:
                  if k.endswith("NOTES.txt"))
     assert "namespace campaigns only" in notes
     assert "kubectl -n campaigns apply -f examples/ad-campaign.yaml" in notes
+
+
+# ---------------------------------------------------------------- kubectl install
+
+
+def test_kubectl_install_manifest_is_the_chart_rendered() -> None:
+    r = subprocess.run([sys.executable, "scripts/container/render_install_manifest.py", "--check"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    docs = list(yaml.safe_load_all((ROOT / "charts" / "install" / "unison-operator.yaml")
+                                   .read_text()))
+    assert [d["kind"] for d in docs][:2] == ["Namespace", "CustomResourceDefinition"]
+    assert docs[1] == yaml.safe_load((ROOT / "crds" / "unisoncluster.yaml").read_text())
+    for d in docs:
+        kubernetes_validate.validate(d, KUBE_VERSIONS[-1], strict=True)
