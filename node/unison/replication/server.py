@@ -99,14 +99,10 @@ class _Servicer(pb_grpc.ReplicationServicer):
                           store.name, e)
                 await context.abort(grpc.StatusCode.DATA_LOSS,
                                     f"namespace {store.name}: corrupt local log record: {e}")
-            # The log can briefly hold a batch that is written but not yet synced; only
-            # durable records (<= last_lsn) may leave this node.
-            durable = store.last_lsn
-            if records and records[-1].lsn > durable:
-                records = [r for r in records if r.lsn <= durable]
+            # read_log returns durable records only (never past last_lsn).
             if records:
                 yield pb.StreamResponse(batch=pb.RecordBatch(
-                    records=to_pb(records), upstream_lsn=durable, sent_ms=now_ms()))
+                    records=to_pb(records), upstream_lsn=store.last_lsn, sent_ms=now_ms()))
                 next_lsn = records[-1].lsn + 1
                 continue
             try:

@@ -209,15 +209,19 @@ class NamespaceStore:
 
     def read_log(self, from_lsn: int, max_records: int = 1000,
                  max_bytes: int = 4 * 1024 * 1024) -> list[Record]:
-        """Records with LSN >= from_lsn (at most max_records / about max_bytes)."""
+        """Durable records with LSN >= from_lsn (at most max_records / about max_bytes)."""
         self._require()
         from_lsn = max(from_lsn, 1)
-        if from_lsn < self.first_lsn and from_lsn <= self.last_lsn:
+        durable = self.last_lsn
+        if from_lsn < self.first_lsn and from_lsn <= durable:
             raise LogTrimmed(from_lsn, self.first_lsn)
         out: list[Record] = []
         size = 0
         for k, v in self._log.items(from_key=lsn_key(from_lsn)):
-            rec = Record.decode(lsn_of(k), v)
+            lsn = lsn_of(k)
+            if lsn > durable:  # written by a commit whose sync has not finished yet
+                break
+            rec = Record.decode(lsn, v)
             out.append(rec)
             size += rec.size
             if len(out) >= max_records or size >= max_bytes:
