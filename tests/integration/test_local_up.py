@@ -48,8 +48,8 @@ def unison(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedP
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def processes_mentioning(text: str) -> list[str]:
-    """Command lines of live processes that mention `text` (e.g. our data dir)."""
+def processes_mentioning(text: str) -> list[tuple[int, str]]:
+    """(pid, command line) of live processes that mention `text` (e.g. our data dir)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -59,7 +59,7 @@ def processes_mentioning(text: str) -> list[str]:
         except OSError:
             continue
         if text in cmd and "pytest" not in cmd:
-            found.append(cmd)
+            found.append((int(entry.name), cmd))
     return found
 
 
@@ -316,13 +316,24 @@ def test_ctrl_c_stops_every_process(cluster: Cluster) -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
-def test_children_do_not_outlive_a_killed_up(tmp_path: Path) -> None:
-    """Even `kill -9` of `unison up` (no chance to clean up) leaves no node behind."""
+def test_a_dead_child_is_reported_and_nothing_outlives_a_killed_up(tmp_path: Path) -> None:
+    """A child dying later is reported while the rest keep serving (the demo then brings
+    its own client); and even `kill -9` of `unison up` leaves no process behind."""
     offset = free_offset()
     up = Running([str(EXAMPLE), "--data-dir", str(tmp_path / "data"), "--port-offset",
                   str(offset), "--no-logs"], cwd=tmp_path)
     try:
         up.wait_for("Ctrl-C stops it")
+        [client_pid] = [pid for pid, cmd in processes_mentioning(f"--state-port {8090 + offset}")]
+        os.kill(client_pid, signal.SIGKILL)
+        up.wait_for("client exited unexpectedly (killed by SIGKILL)")
+        assert up.proc.poll() is None
+        r = unison("demo", str(EXAMPLE), "--port-offset", str(offset), cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "using the cluster already running" in r.stdout
+        assert f"no client answers on :{8090 + offset}; starting one" in r.stdout
+        assert "stopped client" in r.stdout  # the demo stops only what it started
+        assert up.proc.poll() is None
     finally:
         up.stop(signal.SIGKILL)
     deadline = time.monotonic() + 30

@@ -32,7 +32,6 @@ from unison.local.cluster import (
 )
 from unison.local.console import Console
 from unison.local.procs import (
-    PortUse,
     ProcessGroup,
     StartFailure,
     describe_exit,
@@ -349,30 +348,30 @@ def main(argv: list[str]) -> int:
 
     ok = False
     failed = False  # keep the temporary logs only when something went wrong
-    uses: list[PortUse] = []
     try:
-        running = [n for n in cluster.nodes if http_ok(f"{n.url}/healthz")]
-        if len(running) == len(cluster.nodes):
+        reuse_nodes = all(http_ok(f"{n.url}/healthz") for n in cluster.nodes)
+        reuse_client = reuse_nodes and http_ok(f"{cluster.client.url}/healthz")
+        if not reuse_client and args.data_dir is None:
+            temp_dir = Path(tempfile.mkdtemp(prefix="unison-demo-"))
+            cluster = plan_local(manifest, source, data_dir=temp_dir, **plan_kw)
+        assert cluster.client is not None
+        where = (f"{cluster.data_dir}, removed on success" if temp_dir
+                 else display_path(cluster.data_dir))
+        if reuse_nodes:
             c.heading("Cluster")
             c.line(f"  {c.ok_mark} using the cluster already running on "
                    f"{', '.join(':' + str(n.config.http_port) for n in cluster.nodes)}")
-            phases = []
-            if http_ok(f"{cluster.client.url}/healthz"):
+            if reuse_client:
                 c.line(f"  {c.ok_mark} using the client already running on "
                        f":{cluster.client.state_port}")
             else:
-                phases = [[cluster.client.process_spec()]]
-                uses = cluster.client.port_uses()
+                c.line(f"  no client answers on :{cluster.client.state_port}; starting one "
+                       f"(log: {where})")
         else:
-            if args.data_dir is None:
-                temp_dir = Path(tempfile.mkdtemp(prefix="unison-demo-"))
-                cluster = plan_local(manifest, source, data_dir=temp_dir, **plan_kw)
-            phases = cluster.phases()
-            uses = cluster.port_uses()
-            where = (f"{cluster.data_dir}, removed on success" if temp_dir
-                     else display_path(cluster.data_dir))
             c.heading(f"Starting a local cluster (data and logs: {where})")
-        if phases:
+        if not reuse_client:
+            phases = [[cluster.client.process_spec()]] if reuse_nodes else cluster.phases()
+            uses = cluster.client.port_uses() if reuse_nodes else cluster.port_uses()
             problems = port_problems(uses)
             if problems:
                 c.line(f"{c.fail_mark} cannot start the cluster; nothing was started:")
@@ -380,7 +379,8 @@ def main(argv: list[str]) -> int:
                     c.line(f"  - {p}")
                 c.line("  Stop whatever holds the port, or use --port-offset N.")
                 return 1
-            cluster.write_configs()
+            if not reuse_nodes:
+                cluster.write_configs()
             start_cluster(group, phases, console, timeout=args.timeout,
                           interrupted=stop.event.is_set)
 
