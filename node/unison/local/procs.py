@@ -189,7 +189,7 @@ class _LogTail(threading.Thread):
     def run(self) -> None:
         pending = b""
         try:
-            f = open(self.child.spec.log_path, "rb")  # noqa: SIM115 - closed below
+            f = open(self.child.spec.log_path, "rb")  # closed by the with below
         except OSError:
             return
         with f:
