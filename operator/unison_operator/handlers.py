@@ -6,7 +6,8 @@ with their own registry, login and API client.
 
 - create / update / resume -> parse the spec, render, apply each child (create, or
   server-side apply when its content hash changed, skip when unchanged), then status;
-- a timer re-reads the children and updates `status` (phase, Ready condition, counts);
+- events of the owned StatefulSets/Deployments re-read the children and update the
+  owner's `status` (phase, Ready condition, counts);
 - an invalid spec -> Warning Event + `Ready=False/InvalidSpec` condition, no child touched;
 - deletion: owner references let Kubernetes collect the children; PVCs follow the
   StatefulSets' persistentVolumeClaimRetentionPolicy (Retain unless the spec says Delete).
@@ -24,7 +25,7 @@ from typing import Any
 import kopf
 
 from .kube import KubeClient, KubeError
-from .render import HASH_ANNOTATION, Names, render
+from .render import HASH_ANNOTATION, MANAGER, Names, render
 from .spec import (
     API_VERSION,
     GROUP,
@@ -40,6 +41,7 @@ from .spec import (
 log = logging.getLogger(__name__)
 
 READY = "Ready"
+MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 
 
 @dataclass
@@ -50,7 +52,6 @@ class OperatorConfig:
     # kopf's own connection (watching the UnisonClusters, posting status and Events);
     # the default reads the in-cluster service account or the kubeconfig, like the client.
     login: Callable[..., kopf.ConnectionInfo | None] = kopf.login_via_client
-    status_interval: float = 10.0  # seconds between readiness checks per cluster
     recreate_timeout: float = 60.0  # wait for an orphan-deleted StatefulSet to go away
 
 
@@ -70,6 +71,20 @@ def _claims(sts: Mapping[str, Any]) -> list[tuple[str, str | None, str | None]]:
         size = spec.get("resources", {}).get("requests", {}).get("storage")
         out.append((t.get("metadata", {}).get("name"), size, spec.get("storageClassName")))
     return out
+
+
+def _same_claims(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Equal claim templates; sizes compare by value (the API server canonicalizes them)."""
+    a, b = _claims(live), _claims(desired)
+    if len(a) != len(b):
+        return False
+    for (name_a, size_a, class_a), (name_b, size_b, class_b) in zip(a, b, strict=True):
+        if name_a != name_b or class_a != class_b:
+            return False
+        if size_a != size_b and (size_a is None or size_b is None
+                                 or quantity_value(str(size_a)) != quantity_value(str(size_b))):
+            return False
+    return True
 
 
 async def _grow_claims(api: KubeClient, live: Mapping[str, Any], desired: Mapping[str, Any],
@@ -119,17 +134,17 @@ async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
     namespace, name = meta["namespace"], meta["name"]
     live = await api.get(kind, namespace, name)
     if live is None:
-        await api.create(desired)
+        await api.apply_or_create(desired)
         return "Created"
     if _hash(live) == _hash(desired):
         return None
-    if kind == "StatefulSet" and _claims(live) != _claims(desired):
+    if kind == "StatefulSet" and not _same_claims(live, desired):
         # volumeClaimTemplates are immutable: grow the existing PVCs, then replace the
         # StatefulSet without deleting its pods (orphan), which the new one adopts.
         await _grow_claims(api, live, desired, body)
         await api.delete(kind, namespace, name, propagation="Orphan")
         await _wait_gone(api, kind, namespace, name, cfg.recreate_timeout)
-        await api.create(desired)
+        await api.apply_or_create(desired)
         return "Recreated"
     await api.apply(desired)
     return "Updated"
@@ -239,6 +254,23 @@ def _changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return any(old.get(k) != v for k, v in new.items())
 
 
+async def refresh_status(api: KubeClient, namespace: str, name: str,
+                         logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Recompute a UnisonCluster's status from its children; write it only if it changed."""
+    cluster = await api.get(KIND, namespace, name)
+    if cluster is None:
+        return  # being deleted, or the child outlived it
+    try:
+        spec = _parse(name, cluster.get("spec") or {})
+    except SpecError:
+        return  # the reconcile handler reported it; nothing to observe
+    previous = cluster.get("status") or {}
+    new = cluster_status(spec, await observe(api, spec, name, namespace), previous, None)
+    if _changed(previous, new):
+        logger.debug("status of %s/%s: %s", namespace, name, new["phase"])
+        await api.merge_patch(KIND, namespace, name, {"status": new}, subresource="status")
+
+
 # ---------------------------------------------------------------- handlers
 
 
@@ -316,22 +348,22 @@ def make_registry(cfg: OperatorConfig | None = None,
         if _changed(status, new):
             patch.status.update(new)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=cfg.status_interval, registry=registry)
-    async def refresh_status(body: kopf.Body, name: str, namespace: str, status: kopf.Status,
-                             patch: kopf.Patch, **_: Any) -> None:
-        try:
-            spec = _parse(name, body.get("spec") or {})
-        except SpecError:
-            return  # the reconcile handler reported it; nothing to observe
+    # Readiness flows up from the children: every change of one of our StatefulSets or
+    # Deployments (status included) recomputes its UnisonCluster's status. No polling,
+    # and no kopf finalizer on the UnisonCluster (timers would need one).
+    @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED, registry=registry)
+    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
+    async def child_changed(body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
+        owner = next((o for o in body.metadata.get("ownerReferences") or []
+                      if o.get("kind") == KIND and o.get("apiVersion") == API_VERSION), None)
+        if owner is None or not namespace:
+            return
         client = api()
         try:
-            parts = await observe(client, spec, name, namespace)
+            await refresh_status(client, namespace, owner["name"], logger)
         except Exception:
             if client.closed:
                 return  # the operator is stopping; the session went away mid-request
             raise
-        new = cluster_status(spec, parts, dict(status), None)
-        if _changed(status, new):
-            patch.status.update(new)
 
     return registry

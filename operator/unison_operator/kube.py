@@ -146,6 +146,16 @@ class KubeClient:
             content_type="application/apply-patch+yaml",
         )
 
+    async def apply_or_create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create through server-side apply, so one field manager owns every field from
+        the start; plain create where the server cannot apply to a missing object."""
+        try:
+            return await self.apply(obj)
+        except KubeError as e:
+            if e.status != 404:
+                raise
+        return await self.create(obj)
+
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any],
                           subresource: str = "") -> dict[str, Any] | None:
         path = object_path(kind, namespace, name) + (f"/{subresource}" if subresource else "")

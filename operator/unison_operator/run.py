@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 import kopf
 
@@ -27,8 +26,6 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("-A", "--all-namespaces", action="store_true",
                        help="watch UnisonClusters in every namespace")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--status-interval", type=float, default=10.0, metavar="SECONDS",
-                        help="how often to re-read children's readiness (default 10)")
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                         help="liveness endpoint served by kopf ('' to disable; default "
                              "%(default)s)")
@@ -37,12 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    if args.status_interval <= 0:
-        sys.stderr.write("unison operator: --status-interval must be greater than zero\n")
-        return 2
     kopf.configure(verbose=args.verbose)
     logging.getLogger("unison_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    registry = make_registry(OperatorConfig(status_interval=args.status_interval))
+    registry = make_registry(OperatorConfig())
     kopf.run(
         registry=registry,
         standalone=True,

@@ -120,7 +120,7 @@ async def running_operator(k8s: kmock.KubernetesEmulator) -> AsyncIterator[None]
     registry = make_registry(OperatorConfig(
         client_factory=lambda: KubeClient(server=server),
         login=lambda **_: kopf.ConnectionInfo(server=server, default_namespace=NS),
-        status_interval=0.3, recreate_timeout=5))
+        recreate_timeout=5))
 
     settings = kopf.OperatorSettings()
     settings.watching.reconnect_backoff = 0.1

@@ -43,10 +43,27 @@ async def create(k8s: Any, doc: dict[str, Any]) -> None:
     assert resp.status == 201 or resp.status == 200, await resp.text()
 
 
+def gone(k8s: Any, kind: str, name: str) -> bool:
+    try:
+        live(k8s, kind, name)
+    except KeyError:
+        return True
+    return False
+
+
 async def test_create_makes_every_child_owned_by_the_cluster(k8s: Any) -> None:
     async with running_operator(k8s):
         await create(k8s, example())
         await eventually(lambda: all_children(k8s), "every child object")
+        await eventually(lambda: handled(k8s, "ad-campaign-dc1"), "the creation handled")
+        # No finalizer: deleting the cluster is immediate and the garbage collector
+        # removes the children through their owner references.
+        assert not live(k8s, "UnisonCluster", "ad-campaign")["metadata"].get("finalizers")
+        since = len(list(k8s))
+        resp = await k8s.delete(f"{UC_PATH}/ad-campaign")
+        assert resp.status == 200
+        await eventually(lambda: gone(k8s, "UnisonCluster", "ad-campaign"), "deletion")
+        assert writes(k8s, since) == []
     for kind, name in EXPECTED:
         obj = live(k8s, kind, name)
         (owner,) = obj["metadata"]["ownerReferences"]
