@@ -7,6 +7,7 @@ that its namespaces refuse writes. Values travel base64-encoded, as UnisonDB's d
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import re
@@ -170,6 +171,22 @@ def test_body_over_limit_is_413(node: NodeProcess) -> None:
                              "(http_config.max_body_size)")
     assert lsn(node) == before
     assert node.get(NS, "too-big") is None
+
+
+def test_chunked_body_over_limit_is_413(node: NodeProcess) -> None:
+    """No Content-Length to refuse by: the limit still holds while reading."""
+    raw = json.dumps({"value": b64(os.urandom(MAX_BODY))}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=10)
+    try:
+        chunks = (raw[i:i + 65536] for i in range(0, len(raw), 65536))
+        conn.request("PUT", kv_path(NS, "too-big-chunked"), body=chunks,
+                     headers={"Content-Type": "application/json"}, encode_chunked=True)
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert json.loads(resp.read())["error"].startswith("request body too large")
+    finally:
+        conn.close()
+    assert node.get(NS, "too-big-chunked") is None
 
 
 def test_wrong_method_and_unknown_path_answer_json(node: NodeProcess) -> None:
