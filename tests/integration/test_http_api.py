@@ -13,9 +13,16 @@ import os
 import re
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from unison.api.app import build_app
 from unison.config import GrpcConfig, HttpConfig, NodeConfig, StorageConfig
+from unison.node import NodeContext
+from unison.storage import NamespaceStore
 
 from tests.support.nodes import NodeProcess, b64, free_port, kv_path, single_node_config, unb64
 
@@ -407,3 +414,40 @@ def test_relayer_refuses_before_reading_the_body(relayer: NodeProcess) -> None:
     """Read-only wins over a bad body: the client learns the real problem first."""
     status, body = relayer.api("PUT", kv_path(NS, "k"), raw=b"not json")
     assert status == 403 and "read-only" in body["error"]
+
+
+# ---------------------------------------------------------------- failures inside the node
+
+
+async def test_internal_error_is_500_json_and_logged(tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The API app in-process on real storage, plus one route that fails the way a bug
+    would: the client gets a plain 500, the traceback goes to the node's log only."""
+    store = NamespaceStore(NS, tmp_path / NS).open()
+    store.start()
+    ctx = NodeContext(NodeConfig(), "replicator", {NS: store}, frozenset({NS}))
+    app = build_app(ctx)
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internal detail")
+
+    app.router.add_get("/broken", broken)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.make_url("/broken")) as r:
+                assert r.status == 500
+                body = await r.json()
+            assert body == {"error": "internal error (see the node's log)"}
+            assert "secret" not in json.dumps(body)
+            assert "secret internal detail" in caplog.text
+
+            await store.close()  # the node is shutting down under a request
+            async with session.get(server.make_url(kv_path(NS, "k"))) as r:
+                assert r.status == 503
+                assert "closed" in (await r.json())["error"]
+    finally:
+        await server.close()
+        if not store.closed:
+            await store.close()

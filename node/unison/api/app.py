@@ -19,6 +19,7 @@ from unison.api.metrics import RequestCounter, render_metrics
 from unison.api.openapi import openapi_document
 from unison.api.responses import ApiError, error_response, json_bytes, json_ok
 from unison.api.watch import add_watch_routes, watch_metrics
+from unison.storage import StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def _middleware(ctx: Any, requests: RequestCounter) -> Any:
             if e.status < 400:  # redirects and the like are not errors
                 raise
             response = error_response(e.status, e.reason)
+        except StoreClosed as e:  # the node is stopping: try again elsewhere or later
+            response = error_response(503, f"unavailable: {e}")
         except ConnectionResetError:
             raise  # the client went away (e.g. mid-stream on /watch): nothing to answer
         except Exception:
