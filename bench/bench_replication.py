@@ -253,17 +253,20 @@ class Watcher:
 
 
 async def _puts(port: int, prefix: str, rate: float, seconds: float, sizes: Sizes,
-                until: Any = None) -> dict[str, int]:
-    """Open-loop PUTs on dc1, each a new key: key -> monotonic ns of its 200 answer.
-    Runs `seconds`, or (with `until`) until until() is true (at most 60 s)."""
+                until: Any = None, issued: dict[str, int] | None = None) -> dict[str, int]:
+    """Open-loop PUTs on dc1, each a new key: key -> monotonic ns of its 200 answer
+    (and in `issued`: key -> when the request was issued). Runs `seconds`, or (with
+    `until`) until until() is true (at most 60 s)."""
     import aiohttp
 
     body = json.dumps({"value": base64.b64encode(os.urandom(sizes.value_size)).decode()})
     url = f"http://{HOST}:{port}/api/v1/{NAMESPACE}/kv/"
     acks: dict[str, int] = {}
     errors: list[str] = []
+    issued = {} if issued is None else issued
 
     async def put(session: aiohttp.ClientSession, key: str) -> None:
+        issued[key] = time.monotonic_ns()
         async with session.put(url + key, data=body,
                                headers={"Content-Type": "application/json"}) as r:
             await r.read()
@@ -316,7 +319,8 @@ def _measure_lag(dc1: Node, relayers: list[Node], workdir: Path, rate: float, se
         port = dc1.cfg.http_port
         asyncio.run(_puts(port, "warm-", rate, 0, sizes, until=watcher.ready))
         asyncio.run(_puts(port, "warm2-", rate, sizes.warmup, sizes))
-        acks = asyncio.run(_puts(port, "m-", rate, seconds, sizes))
+        issued: dict[str, int] = {}
+        acks = asyncio.run(_puts(port, "m-", rate, seconds, sizes, issued=issued))
         asyncio.run(_puts(port, STOP_KEY, 1, 0.001, sizes))
         arrivals = watcher.arrivals()
     finally:
@@ -330,7 +334,9 @@ def _measure_lag(dc1: Node, relayers: list[Node], workdir: Path, rate: float, se
         missing += miss
         early += before
     all_lags.sort()
+    put_ms = sorted((acks[k] - issued[k]) / 1e6 for k in acks)
     return {
+        "put_p50_ms": percentile(put_ms, 50), "put_p99_ms": percentile(put_ms, 99),
         "writes": len(acks), "relayers": len(relayers), "samples": len(all_lags),
         "missing": missing, "before_ack": early,
         "p50_ms": percentile(all_lags, 50), "p99_ms": percentile(all_lags, 99),
@@ -457,13 +463,16 @@ def bench_fanout(sizes: Sizes) -> dict[str, Any]:
 
 def measure(sizes: Sizes, only: list[str] | None = None) -> dict[str, Any]:
     parts = only or ["lag", "catchup", "fanout"]
-    out: dict[str, Any] = {"params": asdict(sizes), "cpus": os.cpu_count(), "targets": TARGETS}
+    out: dict[str, Any] = {"params": asdict(sizes), "cpus": os.cpu_count(), "targets": TARGETS,
+                           "loadavg_before": os.getloadavg()}
     if "lag" in parts:
         out["lag"] = bench_lag(sizes)
     if "catchup" in parts:
         out["catchup"] = bench_catchup(sizes)
     if "fanout" in parts:
         out["fanout"] = bench_fanout(sizes)
+    # Other work on the machine inflates every figure; keep the evidence with them.
+    out["loadavg_after"] = os.getloadavg()
     return out
 
 
@@ -471,7 +480,8 @@ def summary(r: dict[str, Any]) -> dict[str, float]:
     m: dict[str, float] = {}
     if "lag" in r:
         m.update(lag_p50_ms=r["lag"]["p50_ms"], lag_p99_ms=r["lag"]["p99_ms"],
-                 lag_max_ms=r["lag"]["max_ms"], lag_missing=r["lag"]["missing"])
+                 lag_max_ms=r["lag"]["max_ms"], lag_missing=r["lag"]["missing"],
+                 put_p50_ms=r["lag"]["put_p50_ms"], put_p99_ms=r["lag"]["put_p99_ms"])
     if "catchup" in r:
         m.update(catchup_per_s=r["catchup"]["per_s"],
                  catchup_with_start_per_s=r["catchup"]["with_start_per_s"])
