@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import kopf
 
 from .handlers import OperatorConfig, make_registry
+from .kube import KubeClient
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +38,13 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     kopf.configure(verbose=args.verbose)
     logging.getLogger("unison_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    registry = make_registry(OperatorConfig())
+    try:
+        client = KubeClient.from_environment()
+    except Exception as e:  # kubernetes.config raises several types for missing configs
+        sys.stderr.write(f"unison operator: no Kubernetes credentials (neither in-cluster nor "
+                         f"kubeconfig): {e}\n")
+        return 2
+    registry = make_registry(OperatorConfig(client_factory=lambda: client))
     kopf.run(
         registry=registry,
         standalone=True,

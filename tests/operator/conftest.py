@@ -46,8 +46,8 @@ _versions = itertools.count(100)
 
 class ApiServerEmulator(kmock.KubernetesEmulator):
     """The emulator plus the metadata an API server maintains and kopf relies on:
-    resourceVersion on every write, uid/creationTimestamp/generation on create and a
-    generation bump when the spec changes."""
+    resourceVersion on every write, uid/creationTimestamp/generation (and a name for
+    generateName) on create, and a generation bump when the spec changes."""
 
     async def _handle(self, request: Any) -> Any:
         data = request.data
@@ -56,6 +56,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):
             meta = data.setdefault("metadata", {})
             meta["resourceVersion"] = str(next(_versions))
             if request.action == kmock.action.CREATE:
+                if not meta.get("name") and meta.get("generateName"):
+                    meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
                 meta.setdefault("uid", str(uuid.uuid4()))
                 meta.setdefault("generation", 1)
                 meta.setdefault("creationTimestamp", datetime.datetime.now(
