@@ -102,6 +102,7 @@ class NamespaceSync:
         self.last_seq: int | None = None
         self.synced = False  # the first scan finished
         self._needs_rescan: str | None = None
+        self._state_changed = False  # a CURRENT CRDT STATE block is due
         self._offset_target: int | None = None  # offset seen one interval ago
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -126,11 +127,13 @@ class NamespaceSync:
         # subscribe first, then scan: whatever is written after the scan's start arrives
         # as a notification (or shows up as a gap), whatever before is in the scan
         await self.rescan("bootstrap")
+        await self.flush_state_block()
         loop = asyncio.get_running_loop()
         next_check = loop.time() + self.resync_interval
         while not self.stop.is_set():
             if self._needs_rescan:
                 await self.rescan(self._needs_rescan)
+                await self.flush_state_block()
                 continue
             timeout = 1.0
             if self.resync_interval > 0:
@@ -141,6 +144,7 @@ class NamespaceSync:
                     await self.on_message(frames)
                 except Exception:  # one bad message must not end the client
                     log.exception("%s: failed to handle a notification", self.ns)
+                await self.flush_state_block()
             if self.resync_interval > 0 and loop.time() >= next_check:
                 await self.check_offset()
                 next_check = loop.time() + self.resync_interval
@@ -243,17 +247,25 @@ class NamespaceSync:
             )
             return
         if self.merge(key, value, verbose=True) is Outcome.UPDATED:
-            self.show_state()
+            self._state_changed = True
 
-    def show_state(self) -> None:
-        snap = self.state.snapshot()
-        for kind, name in (
-            (Kind.LWW, "lww"),
-            (Kind.GCOUNTER, "counters"),
-            (Kind.PNCOUNTER, "pncounters"),
+    async def flush_state_block(self) -> None:
+        """Print the CURRENT CRDT STATE block after a change, as the seed does, but once
+        per burst: while more notifications are already queued, the block waits for
+        them (printing the whole state per message would be quadratic in a burst)."""
+        if not self._state_changed:
+            return
+        if await self.sock.poll(0, zmq.POLLIN):
+            return
+        self._state_changed = False
+        for name, held in (
+            ("lww", self.state.lww),
+            ("gcounter", self.state.counters),
+            ("pncounter", self.state.pncounters),
         ):
-            self.metrics.set("unison_client_keys", len(snap[name]), crdt=kind.name.lower())
-        self.console.show(output.state_block(snap))
+            self.metrics.set("unison_client_keys", len(held), crdt=name)
+        if not self.console.quiet:
+            self.console.show(output.state_block(self.state.snapshot()))
 
     # -- scans --------------------------------------------------------------------------
 
@@ -308,7 +320,7 @@ class NamespaceSync:
             f"Scanned {self.ns} ({reason}): {counts['keys']} keys, {counts['updated']} updated"
         )
         if counts["updated"]:
-            self.show_state()
+            self._state_changed = True
 
     async def _scan_all(self) -> dict[str, int]:
         counts = {"keys": 0, "updated": 0, "malformed": 0}
