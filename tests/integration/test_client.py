@@ -213,6 +213,10 @@ class ClientProcess:
         while chunk := await stream.read(65536):
             setattr(self, name, getattr(self, name) + chunk.decode("utf-8", "replace"))
 
+    async def saw(self, text: str, stream: str = "stdout") -> None:
+        """Wait until the client has written text (output is read asynchronously)."""
+        await eventually(lambda: text in getattr(self, stream), f"{text!r} on {stream}")
+
     async def get(self, path: str) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as s:
             async with s.get(f"http://{HOST}:{self.state_port}{path}") as r:
@@ -339,11 +343,11 @@ async def test_started_after_the_writes_it_converges_from_a_scan(relayer, start_
     client = await start_client()
     await client.wait_ready()
     assert await client.state() == SEED_STATE
-    assert "CURRENT CRDT STATE" in client.stdout
-    assert 'Replica Counts: {"ad-campaign-dc1":5,"ad-campaign-dc2":3}' in client.stdout
-    assert "Total: 8" in client.stdout
-    assert "Connecting to ZeroMQ ad-campaign-dc1: tcp://127.0.0.1:" in client.stdout
-    assert "ZeroMQ listener started for namespace: ad-campaign-dc2" in client.stdout
+    await client.saw("CURRENT CRDT STATE")
+    await client.saw('Replica Counts: {"ad-campaign-dc1":5,"ad-campaign-dc2":3}')
+    await client.saw("Total: 8")
+    await client.saw("Connecting to ZeroMQ ad-campaign-dc1: tcp://127.0.0.1:")
+    await client.saw("ZeroMQ listener started for namespace: ad-campaign-dc2")
 
 
 async def test_notifications_print_the_seed_lines(relayer, notifier, start_client) -> None:
@@ -371,16 +375,19 @@ async def test_notifications_print_the_seed_lines(relayer, notifier, start_clien
         "Value: away",
         "LWW-Registers:",
     ]:
-        assert line in client.stdout
+        await client.saw(line)
 
     # scenario 4: the old write arrives after the new one and is ignored
     seq = relayer.put(DC1, "lww:feature-flag", {"value": True, "timestamp": 2000, "replica": DC1})
     await notifier.send(DC1, "lww:feature-flag", seq)
+    # the namespaces are handled concurrently: let the new value land before the old one
+    await client.saw("LWW-Register updated: lww:feature-flag")
     seq = relayer.put(DC2, "lww:feature-flag", {"value": False, "timestamp": 1000, "replica": DC2})
     await notifier.send(DC2, "lww:feature-flag", seq)
     await eventually(
         lambda: "LWW-Register ignored (stale): lww:feature-flag" in client.stdout, "stale line"
     )
+    await client.saw("Current timestamp: 2000")
     stale = client.stdout.split("LWW-Register ignored (stale): lww:feature-flag", 1)[1]
     assert "Incoming timestamp: 1000" in stale and "Current timestamp: 2000" in stale
 
@@ -407,7 +414,7 @@ async def test_seq_gap_triggers_a_rescan(relayer, notifier, start_client) -> Non
     )
     assert state["counters"]["counter:silent"] == {"counts": {DC1: 7}, "total": 7}
     assert state["lww"]["lww:loud"]["value"] == "x"
-    assert "seq_num gap: expected 1, got 2" in client.stderr
+    await client.saw("seq_num gap: expected 1, got 2", "stderr")
 
 
 async def _state_with(client: ClientProcess, section: str, key: str) -> dict[str, Any] | None:
@@ -455,8 +462,8 @@ async def test_malformed_values_are_logged_with_the_key_and_skipped(
     assert state["pncounters"] == {"pncounter:good": {"p": {DC1: 5}, "n": {DC1: 2}, "total": 3}}
     assert state["lww"] == {}
     for key in bad:
-        assert f"malformed value for key {key!r}" in client.stderr
-    assert "'count' must not be negative" in client.stderr
+        await client.saw(f"malformed value for key {key!r}", "stderr")
+    await client.saw("'count' must not be negative", "stderr")
     assert await client.metric("unison_client_malformed_skipped_total") == len(bad)
 
     # the same through notifications; then a good one still goes through
@@ -475,8 +482,8 @@ async def test_malformed_values_are_logged_with_the_key_and_skipped(
         lambda: _total_is(client, "counter:good", 4), "a good value after bad ones"
     )
     assert state["lww"] == {}
-    assert "skipping malformed notification" in client.stderr
-    assert "'other:plain': not a CRDT key" in client.stderr
+    await client.saw("skipping malformed notification", "stderr")
+    await client.saw("'other:plain': not a CRDT key", "stderr")
     assert (await client.get("/healthz"))[0] == 200
 
 
@@ -508,7 +515,7 @@ async def test_deletes_keep_crdt_state(relayer, notifier, start_client) -> None:
 
     await eventually(attempt, "the delete notification")
     assert (await client.state())["counters"]["counter:kept"]["total"] == 9
-    assert "Skipping delete operation" in client.stdout
+    await client.saw("Skipping delete operation")
 
 
 async def test_waits_for_an_unreachable_relayer_then_converges(notifier, start_client) -> None:
@@ -598,6 +605,6 @@ async def test_environment_configures_it(relayer, notifier) -> None:
     try:
         await client.wait_ready()
         assert (await client.state())["counters"]["counter:env"]["total"] == 1
-        assert f"Connecting to ZeroMQ {DC2}: tcp://{HOST}:{notifier.ports[DC2]}" in client.stdout
+        await client.saw(f"Connecting to ZeroMQ {DC2}: tcp://{HOST}:{notifier.ports[DC2]}")
     finally:
         assert await client.terminate() == 0
