@@ -40,7 +40,8 @@ from .spec import (
 
 log = logging.getLogger(__name__)
 
-READY = "Ready"
+READY = "Ready"  # condition: every part has its pods ready
+RECONCILED = "Reconciled"  # condition: the children match the current spec
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 
 
@@ -53,6 +54,7 @@ class OperatorConfig:
     # the default reads the in-cluster service account or the kubeconfig, like the client.
     login: Callable[..., kopf.ConnectionInfo | None] = kopf.login_via_client
     recreate_timeout: float = 60.0  # wait for an orphan-deleted StatefulSet to go away
+    retry_delay: float = 30.0  # seconds before retrying a reconcile that failed
 
 
 # ---------------------------------------------------------------- applying
@@ -127,6 +129,25 @@ async def _wait_gone(api: KubeClient, kind: str, namespace: str, name: str,
         await asyncio.sleep(0.5)
 
 
+class ReconcileError(Exception):
+    """Some children could not be applied; the message lists them."""
+
+
+class NameConflict(Exception):
+    """A child's name is taken by an object this cluster does not manage."""
+
+
+def _ours(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Owned by this UnisonCluster, or labelled as its (e.g. applied from `unison render`)."""
+    want = desired["metadata"]
+    for ref in live.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return any(ref.get("uid") == o.get("uid") for o in want.get("ownerReferences", []))
+    labels = live.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == want["labels"][k] for k in (
+        "app.kubernetes.io/managed-by", "app.kubernetes.io/instance"))
+
+
 async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
                        cfg: OperatorConfig) -> str | None:
     """Make one child match `desired`; returns what was done, None when nothing was needed."""
@@ -136,6 +157,9 @@ async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
     if live is None:
         await api.apply_or_create(desired)
         return "Created"
+    if not _ours(live, desired):
+        raise NameConflict(f"{kind} {name} already exists and is not managed by this "
+                           "UnisonCluster; rename or remove it")
     if _hash(live) == _hash(desired):
         return None
     if kind == "StatefulSet" and not _same_claims(live, desired):
@@ -194,21 +218,35 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _condition(previous: Mapping[str, Any] | None, status: str, reason: str, message: str,
-               generation: int | None) -> dict[str, Any]:
-    old = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == READY),
+def _condition(previous: Mapping[str, Any] | None, ctype: str, status: str, reason: str,
+               message: str, generation: int | None) -> dict[str, Any]:
+    old = next((c for c in (previous or {}).get("conditions") or [] if c.get("type") == ctype),
                None)
     since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    cond: dict[str, Any] = {"type": READY, "status": status, "reason": reason,
+    cond: dict[str, Any] = {"type": ctype, "status": status, "reason": reason,
                             "message": message, "lastTransitionTime": since or _now()}
     if generation is not None:
         cond["observedGeneration"] = generation
     return cond
 
 
+def _conditions(previous: Mapping[str, Any] | None, *new: dict[str, Any]) -> list[dict[str, Any]]:
+    """Previous conditions with `new` ones replacing those of the same type; Ready first."""
+    by_type = {c.get("type"): c for c in (previous or {}).get("conditions") or []}
+    by_type.update({c["type"]: c for c in new})
+    order = [READY, RECONCILED]
+    return sorted(by_type.values(),
+                  key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+
+
 def cluster_status(spec: ClusterSpec, parts: list[PartState],
-                   previous: Mapping[str, Any] | None, generation: int | None) -> dict[str, Any]:
-    """Phase, Ready condition and counts from the parts' states."""
+                   previous: Mapping[str, Any] | None, generation: int | None,
+                   reconciled: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Phase, Ready condition and counts from the parts' states.
+
+    `reconciled` is the new Reconciled condition when this follows an apply; otherwise the
+    previous one is kept (the child-event path knows nothing about applying).
+    """
     previous = previous or {}
     desired = sum(p.desired for p in parts)
     ready = sum(p.ready for p in parts)
@@ -225,13 +263,14 @@ def cluster_status(spec: ClusterSpec, parts: list[PartState],
             phase, reason = "Degraded", "PodsNotReady"
         message = f"not ready: {detail}"
     gen = generation if generation is not None else previous.get("observedGeneration")
+    ready_cond = _condition(previous, READY, "True" if phase == "Ready" else "False", reason,
+                            message, gen)
     status: dict[str, Any] = {
         "phase": phase,
         "ready": f"{ready}/{desired}",
         "datacenters": len(spec.datacenters),
         "parts": {p.name: {"ready": p.ready, "desired": p.desired} for p in parts},
-        "conditions": [_condition(previous, "True" if phase == "Ready" else "False", reason,
-                                  message, gen)],
+        "conditions": _conditions(previous, ready_cond, *([reconciled] if reconciled else [])),
     }
     if gen is not None:
         status["observedGeneration"] = gen
@@ -240,9 +279,13 @@ def cluster_status(spec: ClusterSpec, parts: list[PartState],
 
 def invalid_status(error: SpecError, previous: Mapping[str, Any] | None,
                    generation: int | None) -> dict[str, Any]:
+    message = str(error)
     status: dict[str, Any] = {
         "phase": "Invalid",
-        "conditions": [_condition(previous, "False", "InvalidSpec", str(error), generation)],
+        "conditions": _conditions(
+            previous,
+            _condition(previous, READY, "False", "InvalidSpec", message, generation),
+            _condition(previous, RECONCILED, "False", "InvalidSpec", message, generation)),
     }
     if generation is not None:
         status["observedGeneration"] = generation
@@ -254,21 +297,48 @@ def _changed(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
     return any(old.get(k) != v for k, v in new.items())
 
 
-async def refresh_status(api: KubeClient, namespace: str, name: str,
-                         logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
-    """Recompute a UnisonCluster's status from its children; write it only if it changed."""
-    cluster = await api.get(KIND, namespace, name)
-    if cluster is None:
-        return  # being deleted, or the child outlived it
-    try:
-        spec = _parse(name, cluster.get("spec") or {})
-    except SpecError:
-        return  # the reconcile handler reported it; nothing to observe
-    previous = cluster.get("status") or {}
-    new = cluster_status(spec, await observe(api, spec, name, namespace), previous, None)
-    if _changed(previous, new):
+Outcome = tuple[str, str, str]  # Reconciled condition: (status, reason, message)
+
+
+async def write_status(api: KubeClient, namespace: str, name: str,
+                       logger: logging.Logger | logging.LoggerAdapter[Any], *,
+                       generation: int | None = None, outcome: Outcome | None = None,
+                       error: SpecError | None = None) -> None:
+    """Recompute a UnisonCluster's status from its children and write it if it changed.
+
+    Every status write goes through here (reconcile outcomes and child events alike). The
+    patch carries the resourceVersion it was computed from, so when two writers race the
+    API server rejects the stale one (409) and it starts over from fresh observations.
+    """
+    for _attempt in range(5):
+        cluster = await api.get(KIND, namespace, name)
+        if cluster is None:
+            return  # being deleted, or the child outlived it
+        previous = cluster.get("status") or {}
+        if error is not None:
+            new = invalid_status(error, previous, generation)
+        else:
+            try:
+                spec = _parse(name, cluster.get("spec") or {})
+            except SpecError:
+                return  # the reconcile handler reports it; nothing to observe
+            reconciled = _condition(previous, RECONCILED, *outcome, generation) if outcome else None
+            parts = await observe(api, spec, name, namespace)
+            new = cluster_status(spec, parts, previous, generation, reconciled)
+        if not _changed(previous, new):
+            return
         logger.debug("status of %s/%s: %s", namespace, name, new["phase"])
-        await api.merge_patch(KIND, namespace, name, {"status": new}, subresource="status")
+        version = cluster.get("metadata", {}).get("resourceVersion")
+        patch: dict[str, Any] = {"status": new}
+        if version:
+            patch["metadata"] = {"resourceVersion": version}
+        try:
+            await api.merge_patch(KIND, namespace, name, patch, subresource="status")
+            return
+        except KubeError as e:
+            if e.status != 409:
+                raise
+    logger.warning("status of %s/%s not written: it kept changing under us", namespace, name)
 
 
 # ---------------------------------------------------------------- handlers
@@ -280,27 +350,45 @@ def _parse(name: str, spec: Mapping[str, Any]) -> ClusterSpec:
 
 
 async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, namespace: str,
-                    uid: str, generation: int | None, status: Mapping[str, Any] | None,
-                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
-    """Apply the rendered children; returns the new status."""
+                    uid: str, generation: int | None,
+                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    """Apply the rendered children, then write the status. Raises ReconcileError."""
     try:
         spec = _parse(name, body.get("spec") or {})
     except SpecError as e:
         logger.warning("invalid spec: %s", e)
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(e))
-        return invalid_status(e, status, generation)
+        await write_status(api, namespace, name, logger, generation=generation, error=e)
+        return
     changes = 0
+    failures: list[str] = []
     for obj in render(spec, name, namespace, uid):
-        action = await apply_object(api, obj, body, cfg)
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        try:
+            action = await apply_object(api, obj, body, cfg)
+        except NameConflict as e:
+            failures.append(str(e))
+            kopf.event(body, type="Warning", reason="NameConflict", message=str(e))
+            continue
+        except KubeError as e:
+            # Keep going: one rejected child must not hold back the others.
+            failures.append(f"{what}: {e.message}")
+            kopf.event(body, type="Warning", reason="ApplyFailed", message=f"{what}: {e.message}")
+            continue
         if action:
             changes += 1
-            what = f"{obj['kind']} {obj['metadata']['name']}"
             logger.info("%s %s", action.lower(), what)
             kopf.event(body, type="Normal", reason=action, message=what)
+    if failures:
+        message = "; ".join(failures)
+        await write_status(api, namespace, name, logger, generation=generation,
+                           outcome=("False", "ApplyFailed", message))
+        raise ReconcileError(message)
     if not changes:
         logger.info("all children up to date")
-    parts = await observe(api, spec, name, namespace)
-    return cluster_status(spec, parts, status, generation)
+    summary = f"{changes} object(s) changed" if changes else "all objects up to date"
+    await write_status(api, namespace, name, logger, generation=generation,
+                       outcome=("True", "Applied", summary))
 
 
 def make_registry(cfg: OperatorConfig | None = None,
@@ -342,11 +430,13 @@ def make_registry(cfg: OperatorConfig | None = None,
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
     async def apply(body: kopf.Body, name: str, namespace: str, uid: str, meta: kopf.Meta,
-                    status: kopf.Status, patch: kopf.Patch, logger: Any, **_: Any) -> None:
-        new = await reconcile(api(), cfg, body, name, namespace, uid, meta.get("generation"),
-                              dict(status), logger)
-        if _changed(status, new):
-            patch.status.update(new)
+                    logger: Any, **_: Any) -> None:
+        try:
+            await reconcile(api(), cfg, body, name, namespace, uid, meta.get("generation"),
+                            logger)
+        except ReconcileError as e:
+            # Reported in status and Events already; kopf retries the whole reconcile.
+            raise kopf.TemporaryError(str(e), delay=cfg.retry_delay) from None
 
     # Readiness flows up from the children: every change of one of our StatefulSets or
     # Deployments (status included) recomputes its UnisonCluster's status. No polling,
@@ -360,7 +450,7 @@ def make_registry(cfg: OperatorConfig | None = None,
             return
         client = api()
         try:
-            await refresh_status(client, namespace, owner["name"], logger)
+            await write_status(client, namespace, owner["name"], logger)
         except Exception:
             if client.closed:
                 return  # the operator is stopping; the session went away mid-request

@@ -122,7 +122,7 @@ async def running_operator(k8s: kmock.KubernetesEmulator) -> AsyncIterator[None]
     registry = make_registry(OperatorConfig(
         client_factory=lambda: KubeClient(server=server),
         login=lambda **_: kopf.ConnectionInfo(server=server, default_namespace=NS),
-        recreate_timeout=5))
+        recreate_timeout=5, retry_delay=1))
 
     settings = kopf.OperatorSettings()
     settings.watching.reconnect_backoff = 0.1

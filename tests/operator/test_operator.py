@@ -165,6 +165,12 @@ async def set_ready(k8s: Any, kind: str, name: str, ready: int) -> None:
     assert resp.status == 200, await resp.text()
 
 
+def condition(status: dict[str, Any], ctype: str) -> dict[str, Any] | None:
+    found = [c for c in status.get("conditions") or [] if c["type"] == ctype]
+    assert len(found) <= 1, status
+    return found[0] if found else None
+
+
 def cluster_status(k8s: Any) -> dict[str, Any]:
     return live(k8s, "UnisonCluster", "ad-campaign").get("status") or {}
 
@@ -174,14 +180,16 @@ async def test_ready_children_make_the_cluster_ready(k8s: Any) -> None:
         await create(k8s, example())
         await eventually(lambda: all_children(k8s), "every child object")
         await eventually(lambda: cluster_status(k8s).get("phase") == "Pending", "Pending")
+        await eventually(lambda: condition(cluster_status(k8s), "Reconciled"), "Reconciled")
         parts = [("StatefulSet", "ad-campaign-dc1"), ("StatefulSet", "ad-campaign-dc2"),
                  ("StatefulSet", "ad-campaign-relayer"), ("Deployment", "ad-campaign-client")]
         for kind, name in parts:
             await set_ready(k8s, kind, name, 1)
         status = await eventually(
             lambda: (s := cluster_status(k8s)).get("phase") == "Ready" and s, "Ready")
-        (cond,) = status["conditions"]
-        assert (cond["type"], cond["status"], cond["reason"]) == ("Ready", "True", "AllPartsReady")
+        cond = condition(status, "Ready")
+        assert (cond["status"], cond["reason"]) == ("True", "AllPartsReady")
+        assert condition(status, "Reconciled")["status"] == "True"
         assert status["ready"] == "4/4"
         assert status["observedGeneration"] == 1
         assert status["parts"]["relayer"] == {"ready": 1, "desired": 1}
@@ -189,7 +197,7 @@ async def test_ready_children_make_the_cluster_ready(k8s: Any) -> None:
         await set_ready(k8s, "StatefulSet", "ad-campaign-dc2", 0)
         status = await eventually(
             lambda: (s := cluster_status(k8s)).get("phase") == "Degraded" and s, "Degraded")
-        (cond,) = status["conditions"]
+        cond = condition(status, "Ready")
         assert cond["status"] == "False" and "dc2 0/1" in cond["message"]
 
 
@@ -207,8 +215,9 @@ async def test_invalid_spec_is_reported_and_touches_no_child(k8s: Any) -> None:
         await create(k8s, doc)
         status = await eventually(
             lambda: (s := cluster_status(k8s)).get("phase") == "Invalid" and s, "Invalid")
-        (cond,) = status["conditions"]
+        cond = condition(status, "Ready")
         assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
+        assert condition(status, "Reconciled")["reason"] == "InvalidSpec"
         assert cond["message"].startswith("spec.relayer.notifierBasePort: ")
         events = await eventually(lambda: warning_events(k8s), "a Warning event")
         assert events[0]["reason"] == "InvalidSpec"
@@ -221,3 +230,30 @@ async def test_invalid_spec_is_reported_and_touches_no_child(k8s: Any) -> None:
         await eventually(lambda: all_children(k8s), "every child object")
         await eventually(lambda: cluster_status(k8s).get("phase") == "Pending", "Pending")
         assert {r.resource.plural for r in writes(k8s)} >= {"configmaps", "statefulsets"}
+
+
+async def test_a_foreign_object_with_a_child_name_is_not_overwritten(k8s: Any) -> None:
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "ad-campaign-config", "namespace": NS},
+               "data": {"mine": "keep me"}}
+    k8s.objects["v1/configmaps", NS, "ad-campaign-config"] = foreign
+    async with running_operator(k8s):
+        await create(k8s, example())
+        await eventually(lambda: live(k8s, "Deployment", "ad-campaign-client"), "other children")
+        status = await eventually(
+            lambda: condition(cluster_status(k8s), "Reconciled") and cluster_status(k8s),
+            "a Reconciled condition")
+        cond = condition(status, "Reconciled")
+        assert (cond["status"], cond["reason"]) == ("False", "ApplyFailed")
+        assert cond["message"].startswith("ConfigMap ad-campaign-config already exists and is "
+                                          "not managed by this UnisonCluster")
+        events = await eventually(lambda: warning_events(k8s), "a Warning event")
+        assert events[0]["reason"] == "NameConflict"
+        # Once the user removes it, the retry creates the real one.
+        assert live(k8s, "ConfigMap", "ad-campaign-config")["data"] == {"mine": "keep me"}
+        resp = await k8s.delete(f"/api/v1/namespaces/{NS}/configmaps/ad-campaign-config")
+        assert resp.status == 200
+        await eventually(lambda: "dc1.toml" in live(k8s, "ConfigMap", "ad-campaign-config")
+                         .get("data", {}), "the operator's ConfigMap", within=30)
+        await eventually(lambda: condition(cluster_status(k8s), "Reconciled")["status"] == "True",
+                         "Reconciled=True")
