@@ -28,8 +28,16 @@ start=$(date +%s)
 mkdir -p "$WHEELS/deps" "$WHEELS/unison"
 stamp="$WHEELS/deps/.pyproject.sha256"
 want="$(sha256sum "$REPO_ROOT/pyproject.toml" | cut -d' ' -f1)"
+# Dependency wheels are also kept per machine, keyed by pyproject.toml, so a fresh clone
+# (as CI makes) does not resolve and download them again.
+CACHE="${UNISON_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/unison/wheels}/$want"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     say "dependency wheels in $WHEELS/deps are current"
+elif [ -f "$CACHE/.complete" ]; then
+    say "dependency wheels from the machine cache $CACHE"
+    rm -f "$WHEELS"/deps/*.whl
+    cp "$CACHE"/*.whl "$WHEELS/deps/"
+    echo "$want" >"$stamp"
 else
     say "building dependency wheels for Python $IMAGE_PYTHON into $WHEELS/deps"
     rm -f "$WHEELS"/deps/*.whl
@@ -38,11 +46,20 @@ else
     rm -f "$WHEELS"/deps/unison-*.whl
     echo "$want" >"$stamp"
 fi
+if [ ! -f "$CACHE/.complete" ]; then
+    mkdir -p "$CACHE"
+    cp "$WHEELS"/deps/*.whl "$CACHE/" && touch "$CACHE/.complete"
+fi
 say "building the unison wheel into $WHEELS/unison"
 rm -f "$WHEELS"/unison/*.whl
 clean_setuptools_build
 # A fixed zip timestamp makes the wheel byte-identical while the code is, so the image
 # build below stays fully cached.
-SOURCE_DATE_EPOCH=315532800 pip_wheel --no-deps -w "$WHEELS/unison" "$REPO_ROOT"
+# Reuse the interpreter's own setuptools when it is recent enough: an isolated build
+# environment costs more than building the wheel.
+isolation=()
+"$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 70)' \
+    2>/dev/null && isolation=(--no-build-isolation)
+SOURCE_DATE_EPOCH=315532800 pip_wheel --no-deps "${isolation[@]}" -w "$WHEELS/unison" "$REPO_ROOT"
 clean_setuptools_build
 say "wheelhouse ready: $(ls "$WHEELS"/deps/*.whl | wc -l) dependencies + $(ls "$WHEELS"/unison/) in $(elapsed "$start")"
