@@ -122,6 +122,11 @@ class Progress:
                               f"({elapsed:.1f}s)\n")
         self.stream.flush()
 
+    def message(self, text: str) -> None:
+        self.stream.write(("\r\x1b[2K" if self.tty else "") + text + "\n")
+        self.draw()
+        self.stream.flush()
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\r\x1b[2K")
@@ -155,21 +160,32 @@ def _child_main(target: str, profile: str, result: Path) -> int:
         return 1
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """Stop the child and whatever it started (its own session), politely then not."""
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            # The child is gone, but nodes it started may still be shutting down.
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            pass
+            break
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not _group_alive(proc.pid):
+                return
+            time.sleep(0.05)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -179,7 +195,7 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def run_repetition(bench: Bench, profile: str, logs: Path, rep: int,
+def run_repetition(bench: Bench, profile: str, logs: Path, rep: int | str,
                    progress: Progress | None) -> Outcome:
     """One repetition in a child process; raises RuntimeError with the reason on failure."""
     result = logs / f"{bench.name}-{rep}.json"
@@ -246,8 +262,14 @@ def machine_meta(profile: str, repeat: int, argv: list[str]) -> dict[str, object
     }
 
 
-def run_all(benches: list[Bench], profile: str, repeat: int, out: Path,
-            argv: list[str]) -> tuple[list[BenchRun], dict[str, object]]:
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def run_all(benches: list[Bench], profile: str, repeat: int, out: Path, argv: list[str],
+            retries: int = 1) -> tuple[list[BenchRun], dict[str, object]]:
+    """Run every repetition; a failed one is retried `retries` times (ports taken by
+    other programs between choosing and binding are the usual transient cause)."""
     out.mkdir(parents=True, exist_ok=True)
     logs = Path(tempfile.mkdtemp(prefix="unison-bench-logs-"))
     plan = [(b, min(repeat, b.max_repeat) if profile == "full" and b.max_repeat else repeat)
@@ -261,14 +283,29 @@ def run_all(benches: list[Bench], profile: str, repeat: int, out: Path,
         t0 = time.monotonic()
         for rep in range(1, reps + 1):
             progress.begin(f"{bench.name} {rep}/{reps}")
-            try:
-                run.outcomes.append(run_repetition(bench, profile, logs, rep, progress))
-                progress.end("ok")
-            except RuntimeError as e:
-                run.error = str(e)
+            failures: list[str] = []
+            while True:
+                try:
+                    outcome = run_repetition(bench, profile, logs, f"{rep}.{len(failures)}",
+                                             progress)
+                except RuntimeError as e:
+                    failures.append(str(e))
+                    if len(failures) <= retries:
+                        progress.message(f"{bench.name} {rep}/{reps} failed, retrying once: "
+                                         f"{_first_line(str(e))}")
+                        continue
+                    break
+                # A retried success stays visible in the report, with the first error.
+                outcome.notes += [f"repetition {rep} failed and was retried: {_first_line(f)}"
+                                  for f in failures]
+                run.outcomes.append(outcome)
+                break
+            if len(failures) > retries:
+                run.error = failures[-1]
                 progress.end("FAILED")
                 progress.done += reps - rep  # skip the remaining repetitions
                 break
+            progress.end("ok")
         run.seconds = time.monotonic() - t0
         runs.append(run)
     progress.close()
@@ -310,6 +347,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "the median and range over them")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
                    help=f"where to write the report (default {DEFAULT_OUT.relative_to(REPO)})")
+    p.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="retry a failed repetition up to N times (default 1); a retried "
+                   "success carries the first error as a note in the report")
     p.add_argument("--strict", action="store_true",
                    help="also exit 1 when a figure misses its target")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
@@ -332,6 +372,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 f"(choose from {', '.join(BY_NAME)})")
     if args.repeat is not None and args.repeat < 1:
         p.error(f"--repeat must be at least 1, got {args.repeat}")
+    if args.retries < 0:
+        p.error(f"--retries must be 0 or more, got {args.retries}")
     if args.timeout is not None and args.timeout <= 0:
         p.error(f"--timeout must be positive, got {args.timeout}")
     for t in args.target:
@@ -364,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.timeout is not None:
             b = dataclasses.replace(b, timeout={p: args.timeout for p in PROFILES})
         benches.append(b)
-    runs, meta = run_all(benches, profile, repeat, args.out, argv)
+    runs, meta = run_all(benches, profile, repeat, args.out, argv, args.retries)
     json_path, md_path = write_report(runs, meta, args.out)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")

@@ -9,6 +9,7 @@ run reports.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,19 +17,30 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import METRICS
+from bench.report import METRICS, Outcome
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bench(*args: str, timeout: float = 240.0) -> subprocess.CompletedProcess[str]:
+def bench(*args: str, timeout: float = 240.0,
+          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
 
 
 def hang(profile: str) -> None:
     """A benchmark that never finishes (used through --target)."""
     time.sleep(600)
+
+
+def flaky(profile: str) -> Outcome:
+    """Fails on its first call, succeeds on the next (the flag file says which)."""
+    flag = Path(os.environ["BENCH_TEST_FLAG"])
+    if not flag.exists():
+        flag.write_text("failed once")
+        raise RuntimeError("port 12345 already in use")
+    return Outcome(metrics={"render_p50_ms": 1.0, "render_p99_ms": 2.0})
 
 
 @pytest.mark.slow
@@ -70,6 +82,7 @@ def test_a_failing_benchmark_is_reported_with_its_error_and_fails_the_command(
     r = bench("--smoke", "--only", "render", "--target", "render=bench.report:percentile",
               "--out", str(tmp_path))
     assert r.returncode == 1
+    assert "render 1/1 failed, retrying once" in r.stderr
     assert "failed: render" in r.stderr
     md = (tmp_path / "latest.md").read_text()
     assert "| Operator render, 10-datacenter cluster, p50 | — |" in md
@@ -79,9 +92,20 @@ def test_a_failing_benchmark_is_reported_with_its_error_and_fails_the_command(
     assert report["metrics"]["render.render_p50_ms"]["status"] == "error"
 
 
+def test_a_repetition_that_fails_once_is_retried_and_the_failure_noted(tmp_path: Path) -> None:
+    r = bench("--smoke", "--only", "render", "--target",
+              "render=tests.integration.test_bench_smoke:flaky", "--out", str(tmp_path / "out"),
+              env={"BENCH_TEST_FLAG": str(tmp_path / "flag")})
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "out" / "latest.md").read_text()
+    assert "| Operator render, 10-datacenter cluster, p50 | 1.00 ms |" in md
+    assert ("render: repetition 1 failed and was retried: RuntimeError: port 12345 already "
+            "in use") in md
+
+
 def test_a_benchmark_that_hangs_is_stopped_at_its_time_limit(tmp_path: Path) -> None:
     started = time.monotonic()
-    r = bench("--smoke", "--only", "render", "--timeout", "3",
+    r = bench("--smoke", "--only", "render", "--timeout", "3", "--retries", "0",
               "--target", "render=tests.integration.test_bench_smoke:hang", "--out", str(tmp_path), timeout=60)
     assert r.returncode == 1
     assert time.monotonic() - started < 50
@@ -92,6 +116,7 @@ def test_a_benchmark_that_hangs_is_stopped_at_its_time_limit(tmp_path: Path) -> 
 @pytest.mark.parametrize("args, message", [
     (["--only", "nope"], "--only: unknown benchmark nope"),
     (["--repeat", "0"], "--repeat must be at least 1"),
+    (["--retries", "-1"], "--retries must be 0 or more"),
     (["--target", "render=nothing"], "--target render=nothing: expected NAME=MODULE:FUNCTION"),
 ])
 def test_usage_errors_exit_2_with_a_message(args: list[str], message: str) -> None:
