@@ -122,7 +122,7 @@ def run(profile: str) -> Outcome:
             "disk_mib": disk,
             "write_keys_per_s": sizes.keys / seconds,
         },
-        series={"RSS (MiB)": samples},
+        series={"resident memory (MiB)": samples},
         params={"keys": sizes.keys, "batch": sizes.batch, "value_size": sizes.value_size,
                 "connections": sizes.connections},
         notes=[f"{sizes.keys:,} keys of {sizes.value_size} B written in batches of "

@@ -93,7 +93,8 @@ def run(profile: str) -> Outcome:
             "(what the engine does) and a sync=True write")
     return Outcome(
         metrics=metrics,
-        samples={"engine put (group commit)": latencies},
+        samples={"engine put (group commit)": latencies,
+                 f"raw synced batch of {sizes.writers} (ceiling)": best.durations_ms},
         params={"seconds": sizes.seconds, "writers": sizes.writers,
                 "value_size": sizes.value_size},
         notes=[note],

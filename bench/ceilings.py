@@ -35,6 +35,7 @@ class RawStorageCeiling:
     method: str
     batch: int
     value_size: int
+    durations_ms: list[float]  # one per synced batch
 
     def as_metrics(self, prefix: str = "raw") -> dict[str, float]:
         return {
@@ -103,6 +104,7 @@ def raw_synced_batches(directory: Path, *, seconds: float, batch: int, value_siz
         method=method,
         batch=batch,
         value_size=value_size,
+        durations_ms=durations,
     )
 
 
