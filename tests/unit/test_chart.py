@@ -29,17 +29,21 @@ KUBE_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
 # read from operator/unison_operator (kube.py, handlers.py) and kopf (standalone: no
 # peering objects). Anything the chart grants beyond this is a finding.
 NAMESPACED_CALLS = {
-    # kopf: list+watch the UnisonClusters, patch finalizer/annotations, patch status.
+    # kopf: list+watch the UnisonClusters, patch its annotations; handlers.write_status:
+    # get the cluster, merge-patch its status.
+    ("unisondb.io", "unisonclusters", "get"),
     ("unisondb.io", "unisonclusters", "list"),
     ("unisondb.io", "unisonclusters", "watch"),
     ("unisondb.io", "unisonclusters", "patch"),
     ("unisondb.io", "unisonclusters/status", "patch"),
     # children with blockOwnerDeletion ownerReferences (OwnerReferencesPermissionEnforcement)
     ("unisondb.io", "unisonclusters/finalizers", "update"),
-    # kube.KubeClient: get, create (POST), apply (PATCH) of every child
+    # kube.KubeClient: get, server-side apply (PATCH), create (POST) of every child
     *{(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "statefulsets"),
                              ("apps", "deployments"), ("policy", "poddisruptionbudgets"))
       for v in ("get", "create", "patch")},
+    # kopf.on.event on the StatefulSets and Deployments: status follows the children
+    *{("apps", r, v) for r in ("statefulsets", "deployments") for v in ("list", "watch")},
     # a StatefulSet whose volumeClaimTemplates change is deleted (orphan) and recreated
     ("apps", "statefulsets", "delete"),
     # growing data volumes
@@ -123,7 +127,7 @@ def test_values_schema_rejects_mistakes_naming_the_key() -> None:
         for bad, key in (({"watch": {"allNamespaces": "yes"}}, "allNamespaces"),
                          ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
                          ({"watch": {"namespace": "Not_A_Namespace"}}, "namespace"),
-                         ({"operator": {"statusInterval": 0}}, "statusInterval"),
+                         ({"operator": {"verbose": "yes"}}, "verbose"),
                          ({"replicas": 2}, "replicas")):
             with pytest.raises(helm.HelmError) as err:
                 chart.render(bad, name=RELEASE, namespace=RELEASE_NS)

@@ -48,10 +48,11 @@ What the operator does inside the namespaces it watches: exactly the calls of
 operator/unison_operator (handlers.py, kube.py) and of kopf underneath it.
 */}}
 {{- define "unison-operator.namespacedRules" -}}
-# kopf: list+watch UnisonClusters; patch their finalizer, annotations and status.
+# kopf: list+watch UnisonClusters and patch its bookkeeping annotations; the status
+# writer reads the cluster (get) and merge-patches status.
 - apiGroups: ["unisondb.io"]
   resources: ["unisonclusters"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["unisondb.io"]
   resources: ["unisonclusters/status"]
   verbs: ["patch"]
@@ -60,21 +61,22 @@ operator/unison_operator (handlers.py, kube.py) and of kopf underneath it.
 - apiGroups: ["unisondb.io"]
   resources: ["unisonclusters/finalizers"]
   verbs: ["update"]
-# The children: read, create, server-side apply.
+# The children: read, server-side apply (PATCH), create where apply cannot.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["get", "create", "patch"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch"]
+# Readiness flows up from kopf watching the StatefulSets and Deployments (list+watch).
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # A StatefulSet whose volumeClaimTemplates change is deleted (orphaning its pods) and
 # created again.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
-  verbs: ["get", "create", "patch", "delete"]
-- apiGroups: ["policy"]
-  resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Growing the data volumes when spec storage grows.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
