@@ -2,15 +2,16 @@
 
 A real node process (`unison node ... replicator`, durable group commit, data on disk)
 takes 1 KB PUTs from `connections` concurrent keep-alive connections for a fixed time,
-each to a new key; then a bare aiohttp process with the same route and a handler that
-does nothing takes the same load from the same generator. The ratio of the two is what
-the node's own work (JSON, base64, routing checks, durable write) costs.
+each to a new key; a bare aiohttp process with the same route and a handler that does
+nothing takes the same load from the same generator. The two alternate for `rounds`
+rounds (the machine is shared, so background load drifts); figures are medians. The
+ratio is what the node's own work (JSON, base64, checks, durable write) costs.
 
 The load generator runs in its own process: `wrk` (a C load generator; Debian package
 `wrk`) when it is on PATH, else an aiohttp client process (slower, so it may then be the
 bottleneck for both sides; the result names the generator it used).
 
-    python -m bench.bench_http [--seconds 10] [--connections 64]    # writes bench/results/http.json
+    python -m bench.bench_http [--seconds 5] [--rounds 3] [--connections 64]  # -> bench/results/http.json
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,11 +47,12 @@ class HttpSizes:
     connections: int = 64
     value_size: int = 1024
     warmup: float = 1.0
+    rounds: int = 1  # bare/node pairs, alternating
 
 
 SIZES = {
     "smoke": HttpSizes(seconds=1.0, connections=8, warmup=0.2),
-    "full": HttpSizes(seconds=10.0),
+    "full": HttpSizes(seconds=5.0, rounds=3),
 }
 
 
@@ -281,53 +284,74 @@ def _node_commits(port: int) -> int:
 
 
 def measure(sizes: HttpSizes, generator: str = "auto") -> dict[str, Any]:
-    """Bare handler first, then the node, same generator and load. Returns a flat result."""
+    """Both servers up, then `rounds` x (bare, node) under the same load, alternating so
+    that a change in the machine's background load hits both sides alike. Figures are
+    medians over rounds. Returns a flat result."""
     def load(port: int, seconds: float, prefix: str) -> LoadResult:
         return drive_puts(port, seconds, sizes.connections, sizes.value_size, prefix, generator)
 
-    port = free_port()
-    bare_proc = start_bare(port)
-    try:
-        if sizes.warmup:
-            load(port, sizes.warmup, "warm-")
-        bare = load(port, sizes.seconds, "k-")
-    finally:
-        stop_process(bare_proc)
-
+    bare_port, node_port = free_port(), free_port()
+    bare_runs: list[LoadResult] = []
+    node_runs: list[LoadResult] = []
     with tempfile.TemporaryDirectory(prefix="unison-bench-http-") as d:
-        port = free_port()
-        node_proc = start_node(Path(d), port)
+        bare_proc = start_bare(bare_port)
         try:
-            if sizes.warmup:
-                load(port, sizes.warmup, "warm-")
-            lsn0, commits0 = _node_offset(port), _node_commits(port)
-            node = load(port, sizes.seconds, "k-")
-            lsn1, commits1 = _node_offset(port), _node_commits(port)
+            node_proc = start_node(Path(d), node_port)
+            try:
+                if sizes.warmup:
+                    load(bare_port, sizes.warmup, "warm-")
+                    load(node_port, sizes.warmup, "warm-")
+                lsn0, commits0 = _node_offset(node_port), _node_commits(node_port)
+                for r in range(sizes.rounds):
+                    bare_runs.append(load(bare_port, sizes.seconds, f"r{r}-"))
+                    node_runs.append(load(node_port, sizes.seconds, f"r{r}-"))
+                lsn1, commits1 = _node_offset(node_port), _node_commits(node_port)
+            finally:
+                code = stop_process(node_proc)
         finally:
-            code = stop_process(node_proc)
+            stop_process(bare_proc)
+    acknowledged = sum(x.ok for x in node_runs)
     committed = lsn1 - lsn0
-    if committed < node.ok:
-        raise RuntimeError(f"node acknowledged {node.ok} PUTs but committed only {committed}")
+    if committed < acknowledged:
+        raise RuntimeError(f"node acknowledged {acknowledged} PUTs but committed only {committed}")
+    node = _median_run(node_runs)
+    bare = _median_run(bare_runs)
+    put_per_s = statistics.median(x.per_s for x in node_runs)
+    bare_per_s = statistics.median(x.per_s for x in bare_runs)
     return {
-        "put_per_s": node.per_s,
-        "put_p50_ms": node.p50_ms,
-        "put_p99_ms": node.p99_ms,
-        "bare_per_s": bare.per_s,
-        "bare_p50_ms": bare.p50_ms,
-        "bare_p99_ms": bare.p99_ms,
-        "ratio": node.per_s / bare.per_s if bare.per_s else 0.0,
-        "put_errors": node.errors,
-        "bare_errors": bare.errors,
-        "puts_acknowledged": node.ok,
+        "put_per_s": put_per_s,
+        "put_p50_ms": statistics.median(x.p50_ms for x in node_runs),
+        "put_p99_ms": statistics.median(x.p99_ms for x in node_runs),
+        "bare_per_s": bare_per_s,
+        "bare_p50_ms": statistics.median(x.p50_ms for x in bare_runs),
+        "bare_p99_ms": statistics.median(x.p99_ms for x in bare_runs),
+        "ratio": put_per_s / bare_per_s if bare_per_s else 0.0,
+        "round_ratios": [n.per_s / b.per_s if b.per_s else 0.0
+                         for n, b in zip(node_runs, bare_runs, strict=True)],
+        "put_errors": sum(x.errors for x in node_runs),
+        "bare_errors": sum(x.errors for x in bare_runs),
+        "puts_acknowledged": acknowledged,
         "records_committed": committed,
         "group_size": committed / (commits1 - commits0) if commits1 > commits0 else 0.0,
         "node_exit_code": code,
         "generator": node.generator,
         "node": asdict(node),
         "bare": asdict(bare),
+        "node_rounds": [_brief(x) for x in node_runs],
+        "bare_rounds": [_brief(x) for x in bare_runs],
         "params": asdict(sizes),
         "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()),
     }
+
+
+def _median_run(runs: list[LoadResult]) -> LoadResult:
+    return sorted(runs, key=lambda x: x.per_s)[len(runs) // 2]
+
+
+def _brief(x: LoadResult) -> dict[str, float]:
+    return {"per_s": round(x.per_s, 1), "p50_ms": round(x.p50_ms, 3), "p99_ms": round(x.p99_ms, 3),
+            "errors": x.errors}
 
 
 def run(profile: str) -> Any:
@@ -343,7 +367,8 @@ def run(profile: str) -> Any:
         samples={"node PUT (quantiles)": r["node"]["quantiles_ms"],
                  "bare handler (quantiles)": r["bare"]["quantiles_ms"]},
         params={**r["params"], "generator": r["generator"]},
-        notes=[f"load generator: {r['generator']} in its own process; every PUT is a new key "
+        notes=[f"load generator: {r['generator']} in its own process; {r['params']['rounds']} "
+               "alternating bare/node rounds, medians; every PUT is a new key "
                f"and is acknowledged only after its group commit is synced; "
                f"{r['records_committed']} records committed for {r['puts_acknowledged']} "
                "acknowledged PUTs"],
@@ -357,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=SIZES["full"].connections)
     p.add_argument("--value-size", type=int, default=SIZES["full"].value_size)
     p.add_argument("--warmup", type=float, default=SIZES["full"].warmup)
+    p.add_argument("--rounds", type=int, default=SIZES["full"].rounds,
+                   help="alternating bare/node measurements; figures are medians")
     p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON result file")
     p.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -378,18 +405,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     sizes = HttpSizes(seconds=args.seconds, connections=args.connections,
-                      value_size=args.value_size, warmup=args.warmup)
+                      value_size=args.value_size, warmup=args.warmup, rounds=args.rounds)
     r = measure(sizes, args.generator)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
     print(f"generator {r['generator']}, {sizes.connections} connections, "
-          f"{sizes.value_size} B values, {sizes.seconds:g}s each")
+          f"{sizes.value_size} B values, {sizes.rounds} x {sizes.seconds:g}s each side, "
+          f"load average {r['load_average'][0]:.1f}")
     print(f"node (durable): {r['put_per_s']:9.0f} PUT/s  p50 {r['put_p50_ms']:.2f} ms  "
           f"p99 {r['put_p99_ms']:.2f} ms  errors {r['put_errors']}  "
           f"mean group {r['group_size']:.1f}")
     print(f"bare handler:   {r['bare_per_s']:9.0f} req/s  p50 {r['bare_p50_ms']:.2f} ms  "
           f"p99 {r['bare_p99_ms']:.2f} ms  errors {r['bare_errors']}")
-    print(f"ratio node/bare: {r['ratio']:.2f} (target >= 0.7) -> {args.out}")
+    print(f"ratio node/bare: {r['ratio']:.2f} (target >= 0.7; per round "
+          f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])}) -> {args.out}")
     return 0
 
 
