@@ -12,13 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import helm_python as helm
 import pytest
+import yaml
 from unison.config import plan_cluster, render_toml
 from unison.local.scenarios import DC1, DC2, RELAYER_READS, seed_scenarios
 
 from tests.container.harness import (
     IMAGE,
     PREPARE,
+    REPO_ROOT,
     docker,
     docker_unavailable_reason,
     free_ports,
@@ -75,6 +78,20 @@ def test_bad_config_is_a_clear_error_with_exit_2(image: str) -> None:
     assert r.returncode == 2, (r.returncode, r.stderr)
     assert "/etc/unison/missing.toml" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_operator_command_takes_the_helm_charts_arguments(image: str) -> None:
+    with helm.Chart.load(REPO_ROOT / "charts" / "unison-operator") as chart:
+        rendered = chart.render({}, name="unison-operator", namespace="unison-system")
+    (dep,) = [d for d in yaml.safe_load_all(rendered["unison-operator/templates/deployment.yaml"])
+              if d]
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    # No cluster here: the operator must get past its command line and stop, clearly, at
+    # the missing credentials.
+    r = run(image, *args)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "usage:" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "credentials" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- the seed, in containers
