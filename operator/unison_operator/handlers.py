@@ -7,8 +7,12 @@ with their own registry, login and API client.
 - create / update / resume -> parse the spec, render, apply each child (create, or
   server-side apply when its content hash changed, skip when unchanged), then status;
 - events of the owned StatefulSets/Deployments re-read the children and update the
-  owner's `status` (phase, Ready condition, counts);
+  owner's `status` (phase, counts, conditions `Ready` from the pods and `Reconciled` from
+  the last apply);
 - an invalid spec -> Warning Event + `Ready=False/InvalidSpec` condition, no child touched;
+- a child that cannot be applied (name taken by a foreign object, API rejection) ->
+  Warning Event + `Reconciled=False/ApplyFailed`, the other children still applied, and
+  kopf retries later;
 - deletion: owner references let Kubernetes collect the children; PVCs follow the
   StatefulSets' persistentVolumeClaimRetentionPolicy (Retain unless the spec says Delete).
 """
@@ -37,8 +41,6 @@ from .spec import (
     parse_cluster,
     quantity_value,
 )
-
-log = logging.getLogger(__name__)
 
 READY = "Ready"  # condition: every part has its pods ready
 RECONCILED = "Reconciled"  # condition: the children match the current spec
