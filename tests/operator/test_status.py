@@ -1,0 +1,89 @@
+"""Status rules and single-object apply decisions (no kopf runner needed)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+from unison_operator.handlers import (
+    OperatorConfig,
+    PartState,
+    _part_state,
+    apply_object,
+    cluster_status,
+)
+from unison_operator.kube import KubeClient
+from unison_operator.render import render
+from unison_operator.spec import load_cluster
+
+from .conftest import NS, ROOT, ApiServerEmulator, live
+
+pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
+SPEC = load_cluster(ROOT / "examples" / "ad-campaign.yaml")
+
+
+def parts(*ready: int, rolling: bool = False) -> list[PartState]:
+    names = ["dc1", "dc2", "relayer", "client"]
+    return [PartState(n, 1, r, rolling and r == 0) for n, r in zip(names, ready, strict=True)]
+
+
+def test_new_cluster_is_pending_then_progressing_then_ready() -> None:
+    s = cluster_status(SPEC, parts(0, 0, 0, 0, rolling=True), None, 1)
+    assert s["phase"] == "Pending" and s["ready"] == "0/4"
+    s = cluster_status(SPEC, parts(1, 0, 0, 0, rolling=True), s, None)
+    assert s["phase"] == "Progressing"
+    assert s["observedGeneration"] == 1  # kept from the reconcile that set it
+    s = cluster_status(SPEC, parts(1, 1, 1, 1), s, None)
+    assert s["phase"] == "Ready" and s["ready"] == "4/4"
+    (cond,) = s["conditions"]
+    assert (cond["type"], cond["status"], cond["reason"]) == ("Ready", "True", "AllPartsReady")
+
+
+def test_losing_pods_without_a_rollout_is_degraded_and_keeps_transition_time() -> None:
+    ready = cluster_status(SPEC, parts(1, 1, 1, 1), None, 3)
+    degraded = cluster_status(SPEC, parts(1, 0, 1, 1), ready, None)
+    assert degraded["phase"] == "Degraded"
+    (cond,) = degraded["conditions"]
+    assert cond["status"] == "False" and cond["message"] == "not ready: dc2 0/1"
+    # Every pod gone after having been Ready is still Degraded, not Pending.
+    assert cluster_status(SPEC, parts(0, 0, 0, 0), degraded, None)["phase"] == "Degraded"
+    again = cluster_status(SPEC, parts(1, 0, 1, 1), degraded, None)
+    assert again["conditions"][0]["lastTransitionTime"] == cond["lastTransitionTime"]
+
+
+def test_part_state_reads_statefulset_rollouts() -> None:
+    sts: dict[str, Any] = {"metadata": {"generation": 2}, "status": {
+        "readyReplicas": 1, "updatedReplicas": 1, "observedGeneration": 2,
+        "currentRevision": "a", "updateRevision": "a"}}
+    assert _part_state("dc1", sts, 1) == PartState("dc1", 1, 1, False)
+    sts["status"]["updateRevision"] = "b"
+    assert _part_state("dc1", sts, 1).rolling
+    sts["status"].update(updateRevision="a", observedGeneration=1)
+    assert _part_state("dc1", sts, 1).rolling
+    assert _part_state("dc1", None, 1) == PartState("dc1", 1, 0, True)
+
+
+async def test_apply_object_skips_unchanged_and_compares_sizes_by_value(k8s: Any) -> None:
+    api = KubeClient(server=str(k8s.url).rstrip("/"))
+    cfg = OperatorConfig(client_factory=lambda: api)
+    try:
+        objects = render(SPEC, "ad-campaign", NS, "uid-1")
+        sts = next(o for o in objects if o["kind"] == "StatefulSet")
+        assert await apply_object(api, copy.deepcopy(sts), {}, cfg) == "Created"
+        assert await apply_object(api, copy.deepcopy(sts), {}, cfg) is None
+
+        # The API server shows quantities canonicalized; that is not a storage change.
+        stored = k8s.objects["apps/v1/statefulsets", NS, "ad-campaign-dc1"]
+        stored.patch({"spec": {"volumeClaimTemplates": [yaml.safe_load(
+            yaml.safe_dump(sts["spec"]["volumeClaimTemplates"][0]).replace("1Gi", "1024Mi"))]}})
+        changed = copy.deepcopy(sts)
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = "unison:0.2.0"
+        changed["metadata"]["annotations"]["unisondb.io/applied-hash"] = "different"
+        assert await apply_object(api, changed, {}, cfg) == "Updated"
+        assert not [r for r in list(k8s) if r.method == "DELETE"]
+        assert live(k8s, "StatefulSet", "ad-campaign-dc1")["spec"]["template"]["spec"][
+            "containers"][0]["image"] == "unison:0.2.0"
+    finally:
+        await api.close()
