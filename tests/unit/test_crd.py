@@ -119,6 +119,9 @@ def test_defaults_agree_with_the_operator() -> None:
 
 def test_example_is_accepted() -> None:
     assert schema_errors(example()) == []
+
+
+def test_example_passes_the_cel_rules() -> None:
     assert cel_errors(example()) == []
 
 
