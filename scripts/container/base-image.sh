@@ -14,20 +14,24 @@ fi
 
 if [ ! -s "$TARBALL" ]; then
     need_root "debootstrap"
+    # The mirror: $DEBIAN_MIRROR, else the one apt uses on a Debian host, else
+    # debootstrap's own default.
     mirror="${DEBIAN_MIRROR:-}"
-    if [ -z "$mirror" ]; then
-        # Use the mirror apt already uses on this machine (first non-security URI).
+    if [ -z "$mirror" ] && grep -qx 'ID=debian' /etc/os-release 2>/dev/null; then
         mirror="$(grep -hE '^(URIs:|deb )' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
             | grep -v security | grep -oE 'https?://[^ ]+' | head -1 || true)"
-        mirror="${mirror:-http://deb.debian.org/debian}"
     fi
+    keyring=()
+    [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] \
+        && keyring=(--keyring=/usr/share/keyrings/debian-archive-keyring.gpg)
     rootfs="$BUILD_DIR/base/$SUITE-rootfs"
     rm -rf "$rootfs"
     mkdir -p "$rootfs"
-    say "debootstrap $SUITE (minbase + python3) from $mirror into $rootfs"
+    say "debootstrap $SUITE (minbase + python3) from ${mirror:-the default mirror} into $rootfs"
     start=$(date +%s)
-    /usr/sbin/debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-        "$SUITE" "$rootfs" "$mirror" >"$BUILD_DIR/base/debootstrap.log" 2>&1 \
+    /usr/sbin/debootstrap "${keyring[@]}" --variant=minbase \
+        --include=python3,python3-venv,ca-certificates \
+        "$SUITE" "$rootfs" ${mirror:+"$mirror"} >"$BUILD_DIR/base/debootstrap.log" 2>&1 \
         || { tail -20 "$BUILD_DIR/base/debootstrap.log" >&2; die "debootstrap failed"; }
     # Trim what an image never needs: package caches, docs, man pages, other locales.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \

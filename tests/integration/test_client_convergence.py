@@ -44,8 +44,12 @@ def plan_writes(rng: random.Random, replica: str, n: int) -> list[Write]:
     m: dict[str, int] = {}
     out: list[Write] = []
     for _ in range(n):
-        kind = rng.choice(["lww", "counter", "pncounter"])
-        if kind == "lww":
+        kind = rng.choice(["lww", "counter", "pncounter", "once"])
+        if kind == "once":
+            # written once and never superseded: losing it cannot be masked by a later write
+            key = f"counter:once-{replica}-{len(out)}"
+            doc = {"replica": replica, "count": rng.randint(0, 9)}
+        elif kind == "lww":
             key = f"lww:k{rng.randrange(8)}"
             clock[key] = clock.get(key, 0) + rng.randint(1, 3)  # small steps: cross-DC ties
             doc = {
