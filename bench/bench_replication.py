@@ -232,17 +232,22 @@ async def _watch(addresses: list[str], prefix: str, idle: float) -> list[dict[st
 class Watcher:
     def __init__(self, addresses: list[str], workdir: Path, prefix: str) -> None:
         self.out = workdir / f"arrivals-{time.monotonic_ns()}.json"
+        self._ready = False
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_replication", "--watch", ",".join(addresses),
              "--arrivals", str(self.out), "--prefix", prefix],
             stdout=subprocess.PIPE, env=_env())
 
     def ready(self) -> bool:
+        """True once the watcher has said READY; sticky, since several load streams ask."""
         assert self.proc.stdout is not None
+        if self._ready:
+            return True
         if self.proc.poll() is not None:
             raise RuntimeError(f"watcher exited with {self.proc.returncode}")
         r, _, _ = select.select([self.proc.stdout], [], [], 0)
-        return bool(r) and self.proc.stdout.readline().strip() == b"READY"
+        self._ready = bool(r) and self.proc.stdout.readline().strip() == b"READY"
+        return self._ready
 
     def arrivals(self, timeout: float = 60.0) -> list[dict[str, int]]:
         self.proc.wait(timeout)
