@@ -58,7 +58,7 @@ clean_setuptools_build
 # Reuse the interpreter's own setuptools when it is recent enough: an isolated build
 # environment costs more than building the wheel.
 isolation=()
-"$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 70)' \
+"$PY" -c 'import setuptools, sys; sys.exit(int(setuptools.__version__.split(".")[0]) < 77)' \
     2>/dev/null && isolation=(--no-build-isolation)
 SOURCE_DATE_EPOCH=315532800 pip_wheel --no-deps "${isolation[@]}" -w "$WHEELS/unison" "$REPO_ROOT"
 clean_setuptools_build
