@@ -22,8 +22,6 @@ import base64
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from bench.procs import HOST, free_port, python_env, stop_process, wait_http
+
 NAMESPACE = "bench"
 ROUTE = "/api/v1/{ns}/kv/{key:.+}"
 RESULTS = Path(__file__).resolve().parent / "results" / "http.json"
@@ -76,45 +75,6 @@ class LoadResult:
 # ---------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _python_env() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""),
-            "PYTHONUNBUFFERED": "1"}
-
-
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=1.0) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"server on port {port} did not answer {path} within {timeout}s")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
 def start_node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     """A durable replicator for NAMESPACE on `port`, data under `workdir` (no gRPC)."""
     from unison.config import GrpcConfig, LogConfig, NodeConfig, StorageConfig, render_toml
@@ -129,7 +89,7 @@ def start_node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     log = open(workdir / "node.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "unison.cli", "node", "-config", str(config),
                              "replicator"], stdout=log, stderr=subprocess.STDOUT,
-                            env=_python_env())
+                            env=python_env())
     log.close()
     wait_http(port, "/healthz", proc)
     return proc
@@ -137,7 +97,7 @@ def start_node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_http", "--serve-bare", str(port)],
-                            env=_python_env())
+                            env=python_env())
     wait_http(port, "/healthz", proc)
     return proc
 
@@ -258,7 +218,7 @@ def run_aiohttp_client(port: int, seconds: float, connections: int, value_size: 
         [sys.executable, "-m", "bench.bench_http", "--load", str(port), "--seconds", str(seconds),
          "--connections", str(connections), "--value-size", str(value_size),
          "--key-prefix", key_prefix],
-        capture_output=True, text=True, timeout=seconds + 60, check=True, env=_python_env()).stdout
+        capture_output=True, text=True, timeout=seconds + 60, check=True, env=python_env()).stdout
     return LoadResult(generator="aiohttp-client", **json.loads(out.strip().splitlines()[-1]))
 
 

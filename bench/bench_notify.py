@@ -22,18 +22,17 @@ import asyncio
 import json
 import os
 import select
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from bench.procs import HOST, free_port, get_json, python_env, stop_process, wait_http
+from bench.report import percentile_or_nan
+
 NAMESPACE = "ad-campaign-dc1"
 TOPIC = f"{NAMESPACE}.kv".encode()
 RESULTS = Path(__file__).resolve().parent / "results" / "notify.json"
@@ -57,61 +56,6 @@ SIZES = {
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _python_env() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parent.parent)
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""),
-            "PYTHONUNBUFFERED": "1"}
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
-def _get_json(port: int, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=2.0) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        return e.code, None
-
-
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"node on port {port} exited with {proc.returncode}")
-        try:
-            if _get_json(port, path)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"node on port {port} did not answer {path} with 200 within {timeout}s")
 
 
 # ---------------------------------------------------------------- the subscriber process
@@ -153,7 +97,7 @@ class Subscriber:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_notify", "--subscribe", endpoint,
              "--prefix", NAMESPACE, "--arrivals", str(self.out), "--idle", str(idle)],
-            stdout=subprocess.PIPE, env=_python_env())
+            stdout=subprocess.PIPE, env=python_env())
 
     def ready(self) -> bool:
         assert self.proc.stdout is not None
@@ -276,10 +220,10 @@ def _latencies(starts: dict[str, int], arrivals: dict[str, int]) -> dict[str, An
         "received": len(lat),
         "missing": len(starts) - len(lat),
         "before_ack": early,
-        "p50_ms": _percentile(lat, 50),
-        "p99_ms": _percentile(lat, 99),
+        "p50_ms": percentile_or_nan(lat, 50),
+        "p99_ms": percentile_or_nan(lat, 99),
         "max_ms": lat[-1] if lat else float("nan"),
-        "quantiles_ms": [_percentile(lat, q) for q in QUANTILES],
+        "quantiles_ms": [percentile_or_nan(lat, q) for q in QUANTILES],
     }
 
 
@@ -310,7 +254,7 @@ def _start_node(cfg: Any, role: str, workdir: Path, name: str) -> subprocess.Pop
     path.write_text(render_toml(cfg))
     log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "unison.cli", "node", "-config", str(path),
-                             role], stdout=log, stderr=subprocess.STDOUT, env=_python_env())
+                             role], stdout=log, stderr=subprocess.STDOUT, env=python_env())
     log.close()
     return proc
 
@@ -336,8 +280,8 @@ def _drive(workdir: Path, endpoint: str, sizes: NotifySizes, load: Any) -> dict[
         e2e = _latencies(issued, arrivals)
         result["e2e_p50_ms"], result["e2e_p99_ms"] = e2e["p50_ms"], e2e["p99_ms"]
         acked = sorted((starts[k] - issued[k]) / 1e6 for k in starts if k in issued)
-        result["put_p50_ms"] = _percentile(acked, 50)
-        result["put_p99_ms"] = _percentile(acked, 99)
+        result["put_p50_ms"] = percentile_or_nan(acked, 50)
+        result["put_p99_ms"] = percentile_or_nan(acked, 99)
     return result
 
 
@@ -358,7 +302,7 @@ def measure_node(sizes: NotifySizes) -> dict[str, Any]:
                                                 until, issued))
 
             result = _drive(workdir, f"tcp://{HOST}:{zmq_port}", sizes, load)
-            status, stats = _get_json(relayer_cfg.http_port, f"/api/v1/{NAMESPACE}/stats")
+            status, stats = get_json(relayer_cfg.http_port, f"/api/v1/{NAMESPACE}/stats")
             result["relayer_notifier"] = (stats or {}).get("notifier", {}) if status == 200 else {}
         finally:
             codes = [stop_process(p) for p in reversed(procs)]

@@ -29,8 +29,6 @@ import base64
 import json
 import os
 import select
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +37,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-HOST = "127.0.0.1"
+from bench.procs import HOST, free_port, http_status, python_env, stop_process
+from bench.report import percentile_or_nan
+
 NAMESPACE = "ad-campaign-dc1"
 RESULTS = Path(__file__).resolve().parent / "results" / "replication.json"
 STOP_KEY = "bench-stop"
@@ -72,50 +72,6 @@ SIZES = {
 # ---------------------------------------------------------------- small helpers
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parent.parent)
-    extra = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + extra if extra else ""),
-            "PYTHONUNBUFFERED": "1"}
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks; values must be sorted."""
-    if not values:
-        return float("nan")
-    pos = (len(values) - 1) * q / 100
-    lo = int(pos)
-    hi = min(lo + 1, len(values) - 1)
-    return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> int | None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-    return proc.returncode
-
-
-def _http_ok(port: int, path: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 class Node:
     """One `unison node` subprocess with its config written under workdir."""
 
@@ -129,7 +85,7 @@ class Node:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "unison.cli", "node", "-config", str(path), role],
-                stdout=log, stderr=subprocess.STDOUT, env=_env())
+                stdout=log, stderr=subprocess.STDOUT, env=python_env())
 
     @property
     def grpc_address(self) -> str:
@@ -141,13 +97,13 @@ class Node:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
                                    f"{self.log_path.read_text()[-2000:]}")
-            if _http_ok(self.cfg.http_port, path):
+            if http_status(self.cfg.http_port, path) == 200:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{self.name}: {path} not 200 after {timeout}s")
 
     def stop(self) -> int | None:
-        return _stop(self.proc)
+        return stop_process(self.proc)
 
 
 def plan(workdir: Path, relayers: int) -> tuple[Any, list[Any]]:
@@ -236,7 +192,7 @@ class Watcher:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_replication", "--watch", ",".join(addresses),
              "--arrivals", str(self.out), "--prefix", prefix],
-            stdout=subprocess.PIPE, env=_env())
+            stdout=subprocess.PIPE, env=python_env())
 
     def ready(self) -> bool:
         """True once the watcher has said READY; sticky, since several load streams ask."""
@@ -254,7 +210,7 @@ class Watcher:
         return json.loads(self.out.read_text())
 
     def close(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
 
 
 # ---------------------------------------------------------------- load generator
@@ -371,20 +327,20 @@ def _measure_lag(dc1: Node, relayers: list[Node], workdir: Path, rate: float, se
         for got in arrivals:
             mine, miss, before = _lags(subset, got)
             lags += mine
-            per_relayer_p99.append(percentile(mine, 99))
+            per_relayer_p99.append(percentile_or_nan(mine, 99))
             missing, early = missing + miss, early + before
         lags.sort()
         ack_ms = sorted((subset[k] - issued[k]) / 1e6 for k in subset)
         out.update({
-            f"{name}p50_ms": percentile(lags, 50), f"{name}p99_ms": percentile(lags, 99),
+            f"{name}p50_ms": percentile_or_nan(lags, 50), f"{name}p99_ms": percentile_or_nan(lags, 99),
             f"{name}max_ms": lags[-1] if lags else float("nan"),
             f"{name}missing": missing, f"{name}before_ack": early,
             f"{name}worst_relayer_p99_ms": max(per_relayer_p99, default=float("nan")),
-            f"{name}ack_p50_ms": percentile(ack_ms, 50),
-            f"{name}ack_p99_ms": percentile(ack_ms, 99),
+            f"{name}ack_p50_ms": percentile_or_nan(ack_ms, 50),
+            f"{name}ack_p99_ms": percentile_or_nan(ack_ms, 99),
         })
         if not name:
-            out["quantiles_ms"] = [percentile(lags, q) for q in QUANTILES]
+            out["quantiles_ms"] = [percentile_or_nan(lags, q) for q in QUANTILES]
     return out
 
 

@@ -31,6 +31,11 @@ def percentile(values: Iterable[float], q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (pos - lo)
 
 
+def percentile_or_nan(values: Sequence[float], q: float) -> float:
+    """percentile(), with NaN for no samples (a run that lost every sample still reports)."""
+    return percentile(values, q) if values else math.nan
+
+
 def latency_summary(samples_ms: Sequence[float], prefix: str) -> dict[str, float]:
     """`{prefix}_p50_ms`, `{prefix}_p99_ms`, `{prefix}_max_ms` of latency samples in ms."""
     return {
