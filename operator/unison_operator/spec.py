@@ -507,8 +507,9 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
     )
 
 
-def load_cluster(path: str | Path) -> ClusterSpec:
-    """Read a YAML file holding one UnisonCluster (other documents are ignored)."""
+def read_cluster_document(path: str | Path) -> dict[str, Any]:
+    """The UnisonCluster document of a YAML file: its only document, or the one document of
+    kind UnisonCluster among several. Errors name the file (and the line for bad YAML)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -517,13 +518,29 @@ def load_cluster(path: str | Path) -> ClusterSpec:
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as e:
-        raise SpecError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{p}: not valid YAML{at}: {problem}") from None
     found = [d for d in docs if isinstance(d, Mapping) and d.get("kind") == KIND]
-    if not found:
-        raise SpecError(f"{p}: no {KIND} document found")
     if len(found) > 1:
         raise SpecError(f"{p}: {len(found)} {KIND} documents found, expected one")
+    # A lone document without a kind is taken as the cluster, so its errors name its fields.
+    lone = docs[0] if len(docs) == 1 else None
+    doc = found[0] if found else lone if not (isinstance(lone, Mapping) and "kind" in lone) \
+        else None
+    if doc is None:
+        raise SpecError(f"{p}: no {KIND} document found (kind: {KIND})")
+    if not isinstance(doc, Mapping):
+        raise SpecError(f"{p}: expected a {KIND} manifest (a YAML mapping), "
+                        f"got {type(doc).__name__}")
+    return dict(doc)
+
+
+def load_cluster(path: str | Path) -> ClusterSpec:
+    """Read and validate the UnisonCluster of a YAML file."""
+    doc = read_cluster_document(path)
     try:
-        return parse_cluster(found[0])
+        return parse_cluster(doc)
     except SpecError as e:
-        raise SpecError(f"{p}: {e}") from None
+        raise SpecError(f"{path}: {e}") from None

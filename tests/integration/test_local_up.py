@@ -132,7 +132,7 @@ def test_invalid_manifest_is_refused_naming_the_field(tmp_path: Path) -> None:
 def test_unreadable_manifest_and_bad_yaml_exit_2(tmp_path: Path) -> None:
     r = unison("up", str(tmp_path / "missing.yaml"), cwd=tmp_path)
     assert r.returncode == 2
-    assert "missing.yaml: cannot read manifest" in r.stderr
+    assert "missing.yaml: cannot read file" in r.stderr
 
     (tmp_path / "broken.yaml").write_text("kind: UnisonCluster\nspec: {datacenters: [\n")
     r = unison("up", str(tmp_path / "broken.yaml"), cwd=tmp_path)

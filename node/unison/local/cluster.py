@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from unison.config import NodeConfig, NodePlan, render_toml
 from unison.local.console import Console
 from unison.local.procs import HOST, PortUse, ProcessGroup, ProcessSpec, StartFailure
@@ -35,32 +33,13 @@ class ManifestError(ValueError):
 
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
+    """The manifest's UnisonCluster document, read as the operator's `unison render` reads it."""
+    from unison_operator.spec import SpecError, read_cluster_document
+
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ManifestError(f"{p}: cannot read manifest: {e.strerror or e}") from None
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ManifestError(f"{p}: not valid YAML{at}: {problem}") from None
-    clusters = [d for d in docs if isinstance(d, dict) and d.get("kind") == "UnisonCluster"]
-    if len(docs) == 1:
-        doc = docs[0]
-    elif len(clusters) == 1:
-        doc = clusters[0]
-    elif not clusters:
-        raise ManifestError(f"{p}: no UnisonCluster document found (kind: UnisonCluster)")
-    else:
-        raise ManifestError(f"{p}: {len(clusters)} UnisonCluster documents; local mode runs one "
-                            "cluster per file")
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{p}: expected a UnisonCluster manifest (a YAML mapping), "
-                            f"got {type(doc).__name__}")
-    return doc
+        return read_cluster_document(path)
+    except SpecError as e:
+        raise ManifestError(str(e)) from None
 
 
 # ---------------------------------------------------------------- plan
