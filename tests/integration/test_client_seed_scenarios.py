@@ -15,22 +15,15 @@ from typing import Any
 import pytest
 
 from tests.integration.test_client import SEED_STATE, ClientProcess, eventually
-from tests.support.nodes import HOST, NodeProcess, seed_cluster
+from tests.support.nodes import HOST, NodeProcess, running_cluster
 
 DC1, DC2 = "ad-campaign-dc1", "ad-campaign-dc2"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
-    nodes = seed_cluster(tmp_path_factory.mktemp("client-seed"))
-    try:
-        for node in nodes.values():
-            node.start()
-        nodes["relayer"].wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("client-seed")) as nodes:
         yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
 
 
 def client_args(relayer: NodeProcess, *extra: str) -> list[str]:

@@ -18,7 +18,7 @@ from tests.support.nodes import (
     b64,
     free_port,
     kv_path,
-    seed_cluster,
+    running_cluster,
     single_node_config,
 )
 
@@ -28,15 +28,8 @@ FIELDS = {"key", "namespace", "operation", "entry_type", "seq_num"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
-    nodes = seed_cluster(tmp_path_factory.mktemp("notify-cluster"))
-    try:
-        for node in nodes.values():
-            node.start()
-        nodes["relayer"].wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("notify-cluster")) as nodes:
         yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
 
 
 @pytest.fixture

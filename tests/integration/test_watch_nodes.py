@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from unison.config import WalCleanupConfig
 
-from tests.support.nodes import HOST, NodeProcess, seed_cluster, single_node_config
+from tests.support.nodes import HOST, NodeProcess, running_cluster, single_node_config
 
 DC1 = "ad-campaign-dc1"
 FIELDS = {"key", "namespace", "operation", "entry_type", "seq_num"}
@@ -63,16 +63,9 @@ class Watch:
 
 @pytest.fixture(scope="module")
 def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
-    nodes = seed_cluster(tmp_path_factory.mktemp("watch-cluster"),
-                         datacenters=[("dc1", [DC1])], follow=["dc1"])
-    try:
-        for node in nodes.values():
-            node.start()
-        nodes["relayer"].wait_ready()
+    with running_cluster(tmp_path_factory.mktemp("watch-cluster"),
+                         datacenters=[("dc1", [DC1])], follow=["dc1"]) as nodes:
         yield nodes
-    finally:
-        for node in nodes.values():
-            node.stop()
 
 
 def offset(node: NodeProcess, namespace: str) -> int:

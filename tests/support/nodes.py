@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,3 +197,18 @@ def seed_cluster(tmp: Path, datacenters: list[tuple[str, list[str]]] | None = No
             n.bind_port = free_port()
         nodes[plan.name] = NodeProcess(plan.name, plan.role, cfg, tmp / plan.name)
     return nodes
+
+
+@contextmanager
+def running_cluster(tmp: Path, datacenters: list[tuple[str, list[str]]] | None = None,
+                    follow: list[str] | None = None) -> Iterator[dict[str, NodeProcess]]:
+    """seed_cluster() started, with the relayer ready; every node stopped on exit."""
+    nodes = seed_cluster(tmp, datacenters, follow)
+    try:
+        for node in nodes.values():
+            node.start()
+        nodes["relayer"].wait_ready()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
