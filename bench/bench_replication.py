@@ -304,6 +304,15 @@ def _lags(acks: dict[str, int], arrivals: dict[str, int]) -> tuple[list[float], 
     return lags, missing, early
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 where unavailable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _measure_lag(dc1: Node, relayers: list[Node], workdir: Path, rate: float, seconds: float,
                  sizes: Sizes) -> dict[str, Any]:
     watcher = Watcher([r.grpc_address for r in relayers], workdir, prefix="m-")
@@ -312,14 +321,20 @@ def _measure_lag(dc1: Node, relayers: list[Node], workdir: Path, rate: float, se
         asyncio.run(_load(port, "warm-", rate, 0, sizes, until=watcher.ready))
         asyncio.run(_load(port, "warm2-", rate, sizes.warmup, sizes))
         issued: dict[str, int] = {}
+        # CPU per process over the measured phase: steadier than lag on a shared machine.
+        pids = {"dc1": [dc1.proc.pid], "relayers": [r.proc.pid for r in relayers],
+                "watcher": [watcher.proc.pid]}
+        cpu0 = {k: sum(map(_cpu_seconds, v)) for k, v in pids.items()}
         acks = asyncio.run(_load(port, "m-", rate, seconds, sizes, issued=issued))
+        cpu = {k: sum(map(_cpu_seconds, v)) - cpu0[k] for k, v in pids.items()}
         asyncio.run(_load(port, STOP_KEY, 1, 0.001, sizes))
         arrivals = watcher.arrivals()
     finally:
         watcher.close()
     probes = {k: t for k, t in acks.items() if k.startswith("m-p")}
     out: dict[str, Any] = {"writes": len(acks), "put_probes": len(probes),
-                           "relayers": len(relayers)}
+                           "relayers": len(relayers),
+                           **{f"cpu_{k}_s": v for k, v in cpu.items()}}
     for name, subset in (("", acks), ("probe_", probes)):
         lags: list[float] = []
         per_relayer_p99 = []
@@ -481,14 +496,17 @@ def summary(r: dict[str, Any]) -> dict[str, float]:
         m.update(lag_p50_ms=lag["p50_ms"], lag_p99_ms=lag["p99_ms"], lag_max_ms=lag["max_ms"],
                  lag_missing=lag["missing"], lag_put_probe_p50_ms=lag["probe_p50_ms"],
                  lag_put_probe_p99_ms=lag["probe_p99_ms"], ack_p50_ms=lag["ack_p50_ms"],
-                 ack_p99_ms=lag["ack_p99_ms"])
+                 ack_p99_ms=lag["ack_p99_ms"], lag_cpu_dc1_s=lag["cpu_dc1_s"],
+                 lag_cpu_relayer_s=lag["cpu_relayers_s"])
     if "catchup" in r:
         m.update(catchup_per_s=r["catchup"]["per_s"],
                  catchup_with_start_per_s=r["catchup"]["with_start_per_s"])
     if "fanout" in r:
         m.update(fanout_lag_p50_ms=r["fanout"]["p50_ms"], fanout_lag_p99_ms=r["fanout"]["p99_ms"],
                  fanout_worst_relayer_p99_ms=r["fanout"]["worst_relayer_p99_ms"],
-                 fanout_missing=r["fanout"]["missing"])
+                 fanout_missing=r["fanout"]["missing"],
+                 fanout_cpu_dc1_s=r["fanout"]["cpu_dc1_s"],
+                 fanout_cpu_relayers_s=r["fanout"]["cpu_relayers_s"])
     return {k: float(v) for k, v in m.items()}
 
 
