@@ -143,6 +143,28 @@ async def test_subscribers_see_commits_in_lsn_order(store: NamespaceStore) -> No
     assert seen == list(range(1, 23))
 
 
+async def test_subscribers_get_records_with_their_stored_crc(store: NamespaceStore) -> None:
+    seen: list[Record] = []
+    store.subscribe(seen.extend)
+    await asyncio.gather(store.put(b"a", b"1"), store.delete(b"b"))
+    assert [r.lsn for r in seen] == [1, 2]
+    assert [r.op for r in seen] == [Op.PUT, Op.DELETE]
+    for r in seen:
+        r.verify()
+        assert store.read_log(r.lsn, 1) == [r]
+
+
+async def test_a_group_over_the_byte_limit_is_split_with_dense_lsns(
+        store: NamespaceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("unison.storage.engine.MAX_GROUP_BYTES", 1)  # one write per batch
+    results = await asyncio.gather(*(store.write([Mutation(Op.PUT, f"k{i}".encode(), b"v"),
+                                                  Mutation(Op.PUT, f"j{i}".encode(), b"w")])
+                                     for i in range(5)))
+    assert sorted(results) == [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10]]
+    assert store.stats.commits == 5 and store.last_lsn == 10
+    assert [r.lsn for r in store.read_log(1)] == list(range(1, 11))
+
+
 async def test_wait_beyond_wakes_on_commit(store: NamespaceStore) -> None:
     waiter = asyncio.create_task(store.wait_beyond(0))
     await asyncio.sleep(0)

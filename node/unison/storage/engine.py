@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
-from unison.storage.records import CorruptRecord, Op, Record, lsn_key, lsn_of, now_ms
+from unison.storage.records import CorruptRecord, Op, Record, encode_record, lsn_key, lsn_of, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,8 @@ class Mutation:
     value: bytes = b""
 
 
-@dataclass
-class _Pending:
-    mutations: list[Mutation]
-    future: asyncio.Future[list[int]]
+# A queued local write: its mutations and the future its writer awaits.
+_Pending = tuple[list[Mutation], "asyncio.Future[list[int]]"]
 
 
 @dataclass
@@ -77,6 +75,15 @@ class StoreStats:
     trimmed_records: int = 0
     snapshots_installed: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def _records_of(group: list[_Pending], lsn: int, ts: int) -> list[Record]:
+    out = []
+    for mutations, _ in group:
+        for m in mutations:
+            out.append(Record(lsn, m.op, m.key, m.value, ts).with_crc())
+            lsn += 1
+    return out
 
 
 def _options() -> Options:
@@ -252,8 +259,8 @@ class NamespaceStore:
         """Apply mutations atomically; returns their LSNs once durable."""
         if self._writer is None:
             raise StoreClosed(f"namespace {self.name} is not accepting writes")
-        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(mutations, fut))
+        fut: asyncio.Future[list[int]] = self._writer.get_loop().create_future()
+        self._queue.append((mutations, fut))
         self._wakeup.set()
         return await fut
 
@@ -262,41 +269,77 @@ class NamespaceStore:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
-                group, size = [], 0
-                while self._queue and (not group or size < MAX_GROUP_BYTES):
-                    p = self._queue.pop(0)
-                    group.append(p)
-                    size += sum(len(m.key) + len(m.value) for m in p.mutations)
-                await self._commit_group(group)
+                await self._commit_group()
 
-    async def _commit_group(self, group: list[_Pending]) -> None:
-        ts = now_ms()
-        lsn = self.last_lsn
-        records: list[Record] = []
-        lsns: list[list[int]] = []
-        for p in group:
-            mine = []
-            for m in p.mutations:
-                lsn += 1
-                records.append(Record(lsn, m.op, m.key, m.value, ts))
-                mine.append(lsn)
-            lsns.append(mine)
-        try:
-            await self._write_records(records)
-        except Exception as e:  # the batch did not happen: fail every waiter, assign nothing
-            log.error("namespace %s: commit of %d records failed: %s", self.name, len(records), e)
-            for p in group:
-                if not p.future.done():
-                    p.future.set_exception(e)
-            return
-        for p, mine in zip(group, lsns, strict=True):
-            if not p.future.done():
-                p.future.set_result(mine)
-        for r in records:
-            if r.op is Op.PUT:
-                self.stats.puts += 1
+    async def _commit_group(self) -> None:
+        """Write what queued up (up to about MAX_GROUP_BYTES) as one synced batch, then
+        acknowledge it. Runs once per batch, so the per-write work here is kept minimal:
+        no Record objects unless a listener wants them, one pass over the mutations."""
+        async with self._lock:  # LSNs are assigned under the lock: nothing else moves them
+            db = self._require()
+            queue = self._queue
+            ts = now_ms()
+            first = lsn = self.last_lsn + 1
+            wb = WriteBatch(raw_mode=True)
+            data_h, log_h = self._data_h, self._log_h
+            records: list[Record] | None = [] if self._listeners else None
+            size = puts = taken = 0
+            for mutations, _ in queue:
+                for m in mutations:
+                    op, key, value = m.op, m.key, m.value
+                    if op is Op.PUT:
+                        wb.put(key, value, data_h)
+                        puts += 1
+                    else:
+                        wb.delete(key, data_h)
+                    crc, encoded = encode_record(op, ts, key, value)
+                    wb.put(lsn_key(lsn), encoded, log_h)
+                    if records is not None:
+                        records.append(Record(lsn, op, key, value, ts, crc))
+                    size += len(encoded)
+                    lsn += 1
+                taken += 1
+                if size >= MAX_GROUP_BYTES:
+                    break
+            if taken == len(queue):
+                group, self._queue = queue, []
             else:
-                self.stats.deletes += 1
+                group = queue[:taken]
+                del queue[:taken]
+            last = lsn - 1
+            if last < first:  # only empty writes: nothing to store
+                self._acknowledge(group, first)
+                return
+            wb.put(META_LAST_LSN, _U64.pack(last))
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                 self._write_sync, db, wb)
+            except Exception as e:  # the batch did not happen: fail every waiter
+                log.error("namespace %s: commit of %d records failed: %s",
+                          self.name, last - first + 1, e)
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(e)
+                return
+            self.last_lsn = last
+        stats = self.stats
+        stats.commits += 1
+        stats.committed_records += last - first + 1
+        stats.bytes_written += size
+        stats.puts += puts
+        stats.deletes += last - first + 1 - puts
+        if records is None and self._listeners:  # subscribed while the batch was syncing
+            records = _records_of(group, first, ts)
+        self._signal_commit(records or ())
+        self._acknowledge(group, first)
+
+    @staticmethod
+    def _acknowledge(group: list[_Pending], lsn: int) -> None:
+        for mutations, fut in group:
+            n = len(mutations)
+            if not fut.done():  # its request may have been cancelled meanwhile
+                fut.set_result([lsn] if n == 1 else list(range(lsn, lsn + n)))
+            lsn += n
 
     async def _write_records(self, records: list[Record], *, replicated: bool = False) -> None:
         """One WriteBatch: data + log + meta; synced before returning; then listeners."""
@@ -309,7 +352,7 @@ class NamespaceStore:
                 wb.put(r.key, r.value, self._data_h)
             else:
                 wb.delete(r.key, self._data_h)
-            encoded = r.encode()
+            encoded = encode_record(r.op, r.ts_ms, r.key, r.value)[1]
             size += len(encoded)
             wb.put(lsn_key(r.lsn), encoded, self._log_h)
         last = records[-1].lsn

@@ -10,6 +10,8 @@ from enum import IntEnum
 
 # crc32, op, ts_ms, key length; then key bytes, then value bytes.
 _HEADER = struct.Struct(">IBQI")
+_BODY_HEADER = struct.Struct(">BQI")  # _HEADER without the crc32 the body is summed over
+_CRC = struct.Struct(">I")
 _LSN = struct.Struct(">Q")
 
 
@@ -36,7 +38,7 @@ class Record:
     crc32: int = 0  # 0 means "compute it": see with_crc()
 
     def body(self) -> bytes:
-        return _HEADER.pack(0, self.op, self.ts_ms, len(self.key))[4:] + self.key + self.value
+        return _BODY_HEADER.pack(self.op, self.ts_ms, len(self.key)) + self.key + self.value
 
     def checksum(self) -> int:
         return zlib.crc32(self.body())
@@ -52,8 +54,7 @@ class Record:
             )
 
     def encode(self) -> bytes:
-        body = self.body()
-        return struct.pack(">I", zlib.crc32(body)) + body
+        return encode_record(self.op, self.ts_ms, self.key, self.value)[1]
 
     @staticmethod
     def decode(lsn: int, raw: bytes) -> Record:
@@ -67,6 +68,13 @@ class Record:
     @property
     def size(self) -> int:
         return len(self.key) + len(self.value) + _HEADER.size
+
+
+def encode_record(op: int, ts_ms: int, key: bytes, value: bytes) -> tuple[int, bytes]:
+    """(crc32, stored form) of a log record; what Record.encode() stores, without a Record."""
+    body = _BODY_HEADER.pack(op, ts_ms, len(key)) + key + value
+    crc = zlib.crc32(body)
+    return crc, _CRC.pack(crc) + body
 
 
 def lsn_key(lsn: int) -> bytes:
