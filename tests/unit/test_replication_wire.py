@@ -64,3 +64,59 @@ def test_status_before_any_contact_is_unknown_lag_and_not_caught_up(tmp_path: Pa
     assert f.status()["lag_records"] == 150 and not f.caught_up
     f.upstream_lsn = 100
     assert f.caught_up  # within segment_lag_threshold
+
+
+def test_batch_assembled_from_encoded_parts_parses_as_one_batch() -> None:
+    from unison.replication.wire import batch_message, records_payload
+
+    first = [Record(1, Op.PUT, b"a", b"x" * 300, 5)]  # crc32=0: a local commit's form
+    second = [Record(2 + i, Op.PUT, f"k{i}".encode(), bytes(range(256)) * 80, 6).with_crc()
+              for i in range(3)]  # a body longer than 16 KiB: three-byte length prefix
+    wire = batch_message([records_payload(first), records_payload(second)], 99, 1234)
+    msg = pb.StreamResponse.FromString(wire)
+    assert msg.WhichOneof("body") == "batch"
+    assert (msg.batch.upstream_lsn, msg.batch.sent_ms) == (99, 1234)
+    back = from_pb(msg.batch.records)
+    assert back == [first[0].with_crc(), *second]  # the checksum the log stores is sent
+    for r in back:
+        r.verify()
+
+
+async def test_tail_serves_whole_durable_commits_and_starts_over_on_a_snapshot(
+        tmp_path: Path) -> None:
+    from unison.replication.server import _Tail
+    from unison.storage import Mutation
+
+    store = NamespaceStore("ns", tmp_path / "ns").open()
+    store.start()
+    try:
+        await store.put(b"before", b"0")  # committed before the tail existed: log only
+        tail = _Tail(store, max_bytes=10_000)
+        await store.write([Mutation(Op.PUT, b"a", b"1"), Mutation(Op.PUT, b"b", b"2")])
+        await store.put(b"c", b"3")
+        assert tail.take(1, 100, 1 << 20) == ([], 0)  # older than the tail
+        assert tail.take(3, 100, 1 << 20) == ([], 0)  # mid-commit: the log serves it
+        parts, last = tail.take(2, 100, 1 << 20)
+        assert last == 4 and len(parts) == 2
+        batch = pb.RecordBatch.FromString(b"".join(parts))
+        assert [r.key for r in from_pb(batch.records)] == [b"a", b"b", b"c"]
+        assert tail.take(2, 2, 1 << 20)[1] == 3  # bounded by records, whole commits
+        assert tail.take(5, 100, 1 << 20) == ([], 0)  # nothing newer yet
+
+        for i in range(200):  # trimmed to its byte budget, oldest first
+            await store.put(f"k{i}".encode(), b"v" * 100)
+        assert tail.take(2, 100, 1 << 20) == ([], 0)
+        assert tail.take(store.last_lsn, 100, 1 << 20)[1] == store.last_lsn
+
+        await store.begin_snapshot_install()  # wiped: nothing the tail holds is durable
+        assert tail.take(store.last_lsn, 100, 1 << 20) == ([], 0)
+        await store.finish_snapshot_install(500)
+        await store.put(b"after", b"1")
+        assert tail.take(store.last_lsn - 1, 100, 1 << 20) == ([], 0)
+        parts, last = tail.take(501, 100, 1 << 20)
+        assert last == 501
+        (rec,) = from_pb(pb.RecordBatch.FromString(b"".join(parts)).records)
+        assert rec.key == b"after"
+        tail.unsubscribe()
+    finally:
+        await store.close()

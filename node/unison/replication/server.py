@@ -9,8 +9,10 @@ all live keys at LSN X first and continues from X + 1.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 
 import grpc
 
@@ -18,9 +20,9 @@ from unison.config import GrpcConfig
 from unison.replication import replication_pb2 as pb
 from unison.replication import replication_pb2_grpc as pb_grpc
 from unison.replication.tls import TLSConfigError, server_credentials
-from unison.replication.wire import CHANNEL_OPTIONS, to_pb
+from unison.replication.wire import CHANNEL_OPTIONS, batch_message, records_payload, to_pb
 from unison.storage import CorruptRecord, LogTrimmed, NamespaceStore
-from unison.storage.records import now_ms
+from unison.storage.records import Record, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,82 @@ SNAPSHOT_CHUNK_ITEMS = 1000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
 HEARTBEAT_S = 1.0
 STOP_GRACE_S = 0.5
+# Newest commits kept per namespace (once a stream has asked for it) for streams at the tail.
+TAIL_BYTES = 4 * 1024 * 1024
+
+_Message = pb.StreamResponse | bytes
+
+
+def _serialize(msg: _Message) -> bytes:
+    # Tail batches are encoded once and shared by every stream, so they arrive as bytes.
+    return msg if isinstance(msg, bytes) else msg.SerializeToString()
+
+
+@dataclass(slots=True)
+class _Commit:
+    first: int
+    last: int
+    records: Sequence[Record]
+    size: int
+    payload: bytes | None = None  # the records' wire form, encoded when first sent
+
+
+class _Tail:
+    """The newest commits of one namespace, each encoded at most once for all its streams.
+
+    Fed by the store's commit listener (durable records, in LSN order), so a stream that is
+    caught up neither re-reads and re-verifies the log nor re-encodes what the other
+    streams already encoded. Streams further behind read the log as before.
+    """
+
+    def __init__(self, store: NamespaceStore, max_bytes: int = TAIL_BYTES) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+        self._commits: list[_Commit] = []
+        self._bytes = 0
+        self.unsubscribe: Callable[[], None] = store.subscribe(self._on_commit)
+
+    def _on_commit(self, records: Sequence[Record]) -> None:
+        commits = self._commits
+        if not records or (commits and records[0].lsn != commits[-1].last + 1):
+            # A snapshot install (or anything else that breaks the sequence): start over.
+            commits.clear()
+            self._bytes = 0
+            if not records:
+                return
+        size = sum(r.size for r in records)
+        commits.append(_Commit(records[0].lsn, records[-1].lsn, records, size))
+        self._bytes += size
+        if self._bytes > self.max_bytes and len(commits) > 1:
+            drop = 0
+            while self._bytes > self.max_bytes // 2 and drop < len(commits) - 1:
+                self._bytes -= commits[drop].size
+                drop += 1
+            del commits[:drop]  # halve at once: trimming stays amortised O(1) per commit
+
+    def take(self, next_lsn: int, max_records: int, max_bytes: int) -> tuple[list[bytes], int]:
+        """Wire payloads of whole commits from next_lsn on, and the last LSN they cover;
+        ([], 0) when next_lsn is not the start of a retained, durable commit."""
+        commits, store = self._commits, self.store
+        if (not commits or next_lsn < commits[0].first or next_lsn > commits[-1].last
+                or next_lsn < store.first_lsn):
+            return [], 0
+        i = bisect.bisect_right(commits, next_lsn, key=lambda c: c.first) - 1
+        if commits[i].first != next_lsn:
+            return [], 0
+        parts: list[bytes] = []
+        last = count = size = 0
+        durable = store.last_lsn
+        for c in commits[i:]:
+            if c.last > durable or (parts and (count + c.last - c.first + 1 > max_records
+                                                or size + c.size > max_bytes)):
+                break
+            if c.payload is None:
+                c.payload = records_payload(c.records)
+                c.records = ()  # the encoded form is all that is needed from now on
+            parts.append(c.payload)
+            last, count, size = c.last, count + c.last - c.first + 1, size + c.size
+        return parts, last
 
 
 class _Servicer(pb_grpc.ReplicationServicer):
@@ -37,6 +115,12 @@ class _Servicer(pb_grpc.ReplicationServicer):
         self.stores = stores
         self.heartbeat_s = heartbeat_s
         self.active_streams = 0
+        self.tails: dict[str, _Tail] = {}
+
+    def close(self) -> None:
+        for tail in self.tails.values():
+            tail.unsubscribe()
+        self.tails.clear()
 
     async def _store(self, namespace: str, context: grpc.aio.ServicerContext) -> NamespaceStore:
         store = self.stores.get(namespace)
@@ -55,7 +139,7 @@ class _Servicer(pb_grpc.ReplicationServicer):
         return pb.LatestLSNResponse(lsn=store.last_lsn, first_retained_lsn=store.first_lsn)
 
     async def Stream(self, request: pb.StreamRequest,
-                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[_Message]:
         store = await self._store(request.namespace, context)
         who = request.follower or context.peer()
         next_lsn = max(request.from_lsn, 1)
@@ -68,20 +152,38 @@ class _Servicer(pb_grpc.ReplicationServicer):
                 f"latest lsn is {store.last_lsn}")
         log.info("replication: stream to %s opened (namespace %s, from lsn %d, latest %d)",
                  who, store.name, next_lsn, store.last_lsn)
+        tail = self.tails.get(store.name)
+        if tail is None or tail.store is not store:
+            if tail is not None:
+                tail.unsubscribe()
+            tail = self.tails[store.name] = _Tail(store)
         self.active_streams += 1
         try:
-            async for msg in self._messages(store, next_lsn, who, context):
+            async for msg in self._messages(store, tail, next_lsn, who, context):
                 yield msg
         finally:
             self.active_streams -= 1
             log.info("replication: stream to %s closed (namespace %s)", who, store.name)
 
-    async def _messages(self, store: NamespaceStore, next_lsn: int, who: str,
-                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamResponse]:
+    async def _messages(self, store: NamespaceStore, tail: _Tail, next_lsn: int, who: str,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[_Message]:
         while True:
             if store.closed:
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     f"namespace {store.name}: node shutting down")
+            if next_lsn > store.last_lsn:  # all sent: wait for the next durable commit
+                try:
+                    async with asyncio.timeout(self.heartbeat_s):
+                        await store.wait_beyond(next_lsn - 1)
+                except TimeoutError:
+                    yield pb.StreamResponse(heartbeat=pb.Heartbeat(upstream_lsn=store.last_lsn,
+                                                                   sent_ms=now_ms()))
+                continue
+            parts, last = tail.take(next_lsn, BATCH_RECORDS, BATCH_BYTES)
+            if parts:
+                yield batch_message(parts, store.last_lsn, now_ms())
+                next_lsn = last + 1
+                continue
             try:
                 records = store.read_log(next_lsn, BATCH_RECORDS, BATCH_BYTES)
             except LogTrimmed as e:
@@ -104,13 +206,6 @@ class _Servicer(pb_grpc.ReplicationServicer):
                 yield pb.StreamResponse(batch=pb.RecordBatch(
                     records=to_pb(records), upstream_lsn=store.last_lsn, sent_ms=now_ms()))
                 next_lsn = records[-1].lsn + 1
-                continue
-            try:
-                async with asyncio.timeout(self.heartbeat_s):
-                    await store.wait_beyond(next_lsn - 1)
-            except TimeoutError:
-                yield pb.StreamResponse(heartbeat=pb.Heartbeat(upstream_lsn=store.last_lsn,
-                                                               sent_ms=now_ms()))
 
     async def _snapshot(self, store: NamespaceStore) -> AsyncIterator[pb.StreamResponse]:
         lsn, items = await store.snapshot()
@@ -129,6 +224,21 @@ class _Servicer(pb_grpc.ReplicationServicer):
         yield pb.StreamResponse(snapshot_end=pb.SnapshotEnd(lsn=lsn, keys=keys))
         log.info("replication: namespace %s: sent snapshot at lsn %d (%d keys)",
                  store.name, lsn, keys)
+
+
+def _add_servicer(servicer: _Servicer, server: grpc.aio.Server) -> None:
+    """As the generated add_ReplicationServicer_to_server, but Stream may yield bytes."""
+    handlers = {
+        "Stream": grpc.unary_stream_rpc_method_handler(
+            servicer.Stream, request_deserializer=pb.StreamRequest.FromString,
+            response_serializer=_serialize),
+        "LatestLSN": grpc.unary_unary_rpc_method_handler(
+            servicer.LatestLSN, request_deserializer=pb.LatestLSNRequest.FromString,
+            response_serializer=pb.LatestLSNResponse.SerializeToString),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("unison.v1.Replication", handlers),))
+    server.add_registered_method_handlers("unison.v1.Replication", handlers)
 
 
 class ReplicationServer:
@@ -151,7 +261,7 @@ class ReplicationServer:
 
         # so_reuseport off: a second node on the same port must fail, not share it.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
-        pb_grpc.add_ReplicationServicer_to_server(self._servicer, server)
+        _add_servicer(self._servicer, server)
         target = f"{self.cfg.listen_ip}:{self.cfg.port}"
         try:
             if self.cfg.allow_insecure:
@@ -180,6 +290,7 @@ class ReplicationServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+            self._servicer.close()
             log.info("replication: gRPC server on %s stopped", self.address)
 
     def metrics(self) -> dict[str, int]:

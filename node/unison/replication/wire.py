@@ -38,3 +38,28 @@ def from_pb(records: Sequence[pb.LogRecord]) -> list[Record]:
             raise ValueError(f"record lsn={m.lsn}: unknown operation {m.op}")
         out.append(Record(m.lsn, op, m.key, m.value, m.ts_ms, m.crc32))
     return out
+
+
+def records_payload(records: Sequence[Record]) -> bytes:
+    """The records as the wire form of RecordBatch.records, to concatenate into batches."""
+    # Local commits carry crc32=0 ("not computed yet"): send the checksum the log stores.
+    return pb.RecordBatch(records=[
+        pb.LogRecord(lsn=r.lsn, op=_OPS[r.op], key=r.key, value=r.value, ts_ms=r.ts_ms,
+                     crc32=r.crc32 or r.checksum()) for r in records]).SerializeToString()
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def batch_message(payloads: Sequence[bytes], upstream_lsn: int, sent_ms: int) -> bytes:
+    """A serialized StreamResponse{batch} from records_payload() parts, without re-encoding
+    them: protobuf concatenates repeated fields of concatenated messages."""
+    body = b"".join((*payloads, pb.RecordBatch(upstream_lsn=upstream_lsn,
+                                               sent_ms=sent_ms).SerializeToString()))
+    return b"\x0a" + _varint(len(body)) + body  # field 1 (batch), length-delimited
