@@ -65,6 +65,8 @@ class _Tail:
         self.max_bytes = max_bytes
         self._commits: list[_Commit] = []
         self._bytes = 0
+        # The last batch built: streams woken by the same commit send the very same bytes.
+        self._built: tuple[tuple[int, int, int, int], bytes] | None = None
         self.unsubscribe: Callable[[], None] = store.subscribe(self._on_commit)
 
     def _on_commit(self, records: Sequence[Record]) -> None:
@@ -108,6 +110,16 @@ class _Tail:
             parts.append(c.payload)
             last, count, size = c.last, count + c.last - c.first + 1, size + c.size
         return parts, last
+
+    def message(self, next_lsn: int) -> tuple[bytes, int] | None:
+        """A whole StreamResponse{batch} from next_lsn and the last LSN in it, or None."""
+        parts, last = self.take(next_lsn, BATCH_RECORDS, BATCH_BYTES)
+        if not parts:
+            return None
+        key = (next_lsn, last, self.store.last_lsn, now_ms())
+        if self._built is None or self._built[0] != key:
+            self._built = key, batch_message(parts, key[2], key[3])
+        return self._built[1], last
 
 
 class _Servicer(pb_grpc.ReplicationServicer):
@@ -179,10 +191,10 @@ class _Servicer(pb_grpc.ReplicationServicer):
                     yield pb.StreamResponse(heartbeat=pb.Heartbeat(upstream_lsn=store.last_lsn,
                                                                    sent_ms=now_ms()))
                 continue
-            parts, last = tail.take(next_lsn, BATCH_RECORDS, BATCH_BYTES)
-            if parts:
-                yield batch_message(parts, store.last_lsn, now_ms())
-                next_lsn = last + 1
+            built = tail.message(next_lsn)
+            if built is not None:
+                yield built[0]
+                next_lsn = built[1] + 1
                 continue
             try:
                 records = store.read_log(next_lsn, BATCH_RECORDS, BATCH_BYTES)
