@@ -158,6 +158,11 @@ def test_empty_key_is_400(node: NodeProcess, method: str) -> None:
     (b'{"value": null}', "value: expected a base64 string, got null"),
     (b'{"value": "not base64!"}', "value: invalid base64"),
     (b'{"value": "aGk"}', "value: invalid base64"),  # missing padding
+    # The exact `{"value":"..."}` shapes that skip json.loads refuse the same way.
+    (b'{"value":"not base64!"}', "value: invalid base64"),
+    (b'{"value":"aGk"}', "value: invalid base64"),
+    (b'{"value":"aGk="}"}', "invalid JSON: "),
+    (b'{"value": "aGk=" "}', "invalid JSON: "),
 ])
 def test_bad_put_bodies_are_400_and_write_nothing(node: NodeProcess, raw: bytes,
                                                    message: str) -> None:
@@ -167,6 +172,20 @@ def test_bad_put_bodies_are_400_and_write_nothing(node: NodeProcess, raw: bytes,
     assert body["error"].startswith(message), body
     assert lsn(node) == before
     assert node.get(NS, "bad-body") is None
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"value":"aGk="}',
+    b'{"value": "aGk="}',
+    b'{"value":"aG\\u006b="}',  # an escape: the JSON path decodes it
+    b'{ "value" : "aGk=" }\n',
+    b'{"value":"aGk=","other":1}',
+    b'{"other":"x","value":"aGk="}',
+])
+def test_every_json_shape_of_a_put_body_stores_the_value(node: NodeProcess, raw: bytes) -> None:
+    assert put_raw(node, "shape", raw) == (200, {"success": True})
+    assert node.get(NS, "shape") == b"hi"
+    node.api("DELETE", kv_path(NS, "shape"))
 
 
 def test_body_over_limit_is_413(node: NodeProcess) -> None:
