@@ -94,11 +94,13 @@ def build_app(ctx: Any) -> web.Application:
 
     base = "/api/v1/{ns}"
     r = app.router
-    # Literal routes first: POST .../kv/batch must not be taken for a key named "batch".
-    r.add_post(f"{base}/kv/batch", kv.batch)
+    # Single keys first: they are the hot path, and resolution tries resources in this
+    # order. POST .../kv/batch still reaches the batch route (the key resource has no
+    # POST, so the router moves on), and PUT/GET/DELETE of a key named "batch" work.
     r.add_put(f"{base}/kv/{{key:.+}}", kv.put)
     r.add_get(f"{base}/kv/{{key:.+}}", kv.get)
     r.add_delete(f"{base}/kv/{{key:.+}}", kv.delete)
+    r.add_post(f"{base}/kv/batch", kv.batch)
     for method in ("GET", "PUT", "DELETE"):
         r.add_route(method, f"{base}/kv/", kv.empty_key)
     r.add_get(f"{base}/kv", kv.scan)
