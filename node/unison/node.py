@@ -57,6 +57,7 @@ class NodeContext:
     def ready(self) -> tuple[bool, list[str]]:
         """(ready?, reasons it is not)."""
         reasons = [f"namespace {ns}: storage closed" for ns, s in self.stores.items() if s.closed]
+        reasons += [s.failed for s in self.stores.values() if s.failed is not None]
         reasons += [f"namespace {ns}: follower not caught up with "
                     f"{f.status().get('upstream', 'upstream')}"
                     for ns, f in self.followers.items() if not f.caught_up]

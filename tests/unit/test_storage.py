@@ -108,6 +108,37 @@ async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
         await s.put(b"k", b"v")
 
 
+async def test_a_failed_sync_stops_writes_until_a_restart(tmp_path: Path) -> None:
+    """A batch whose sync failed may still reach disk under LSNs the next batch would reuse:
+    the store refuses writes (nothing acknowledged) and a reopen starts from what is stored."""
+    store = open_store(tmp_path)
+    await store.put(b"kept", b"1")
+    real = store._write_sync
+
+    def sync_fails(db, wb):  # the write reaches RocksDB, the fsync does not succeed
+        db.write(wb, store._wopts)
+        raise OSError(5, "Input/output error")
+
+    store._write_sync = sync_fails
+    results = await asyncio.gather(*(store.put(f"k{i}".encode(), b"v") for i in range(8)),
+                                   return_exceptions=True)
+    assert results and all(isinstance(r, StoreClosed) for r in results)
+    store._write_sync = real
+    with pytest.raises(StoreClosed, match="Input/output error.*restarts"):
+        await store.put(b"after", b"x")
+    assert store.last_lsn == 1
+    await store.close()
+
+    store = open_store(tmp_path)
+    try:
+        assert store.get(b"kept") == b"1"
+        lsn = await store.put(b"after", b"x")
+        assert lsn == store.last_lsn and lsn > 1  # continues after whatever is on disk
+        assert [r.lsn for r in store.read_log(1)] == list(range(1, lsn + 1))
+    finally:
+        await store.close()
+
+
 async def test_namespaces_are_independent(tmp_path: Path) -> None:
     a, b = open_store(tmp_path, "a"), open_store(tmp_path, "b")
     try:

@@ -149,8 +149,8 @@ class KvRoutes:
     async def _write(store: NamespaceStore, mutations: list[Mutation]) -> None:
         try:
             await store.write(mutations)
-        except StoreClosed:
-            raise ApiError(503, f"namespace {store.name} is shutting down") from None
+        except StoreClosed as e:  # shutting down, or a failed commit stopped writes
+            raise ApiError(503, str(e)) from None
 
     # ------------------------------------------------------------ single keys
 
@@ -160,8 +160,8 @@ class KvRoutes:
         value = put_value(await self._raw_body(request))
         try:
             await store.write([Mutation(Op.PUT, key, value)])
-        except StoreClosed:
-            raise ApiError(503, f"namespace {store.name} is shutting down") from None
+        except StoreClosed as e:  # shutting down, or a failed commit stopped writes
+            raise ApiError(503, str(e)) from None
         return success()
 
     async def get(self, request: web.Request) -> web.Response:

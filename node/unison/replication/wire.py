@@ -42,7 +42,7 @@ def from_pb(records: Sequence[pb.LogRecord]) -> list[Record]:
 
 def records_payload(records: Sequence[Record]) -> bytes:
     """The records as the wire form of RecordBatch.records, to concatenate into batches."""
-    # Local commits carry crc32=0 ("not computed yet"): send the checksum the log stores.
+    # Commits carry their stored CRC; a Record built without one (crc32=0) gets it computed.
     return pb.RecordBatch(records=[
         pb.LogRecord(lsn=r.lsn, op=_OPS[r.op], key=r.key, value=r.value, ts_ms=r.ts_ms,
                      crc32=r.crc32 or r.checksum()) for r in records]).SerializeToString()

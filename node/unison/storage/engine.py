@@ -112,6 +112,10 @@ class NamespaceStore:
         self._writer: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
         self._wopts = WriteOptions()
+        # Set when a commit fails: its batch may be in RocksDB's memtable (and may still
+        # reach disk) with LSNs the next batch would reuse, so no further write is taken
+        # until a restart recovers the LSN from what is really on disk.
+        self.failed: str | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -257,6 +261,8 @@ class NamespaceStore:
 
     async def write(self, mutations: list[Mutation]) -> list[int]:
         """Apply mutations atomically; returns their LSNs once durable."""
+        if self.failed is not None:
+            raise StoreClosed(self.failed)
         if self._writer is None:
             raise StoreClosed(f"namespace {self.name} is not accepting writes")
         fut: asyncio.Future[list[int]] = self._writer.get_loop().create_future()
@@ -314,12 +320,12 @@ class NamespaceStore:
             try:
                 await asyncio.get_running_loop().run_in_executor(self._executor,
                                                                  self._write_sync, db, wb)
-            except Exception as e:  # the batch did not happen: fail every waiter
-                log.error("namespace %s: commit of %d records failed: %s",
-                          self.name, last - first + 1, e)
-                for _, fut in group:
+            except Exception as e:  # nothing here is acknowledged; stop taking writes
+                self._fail(f"commit of {last - first + 1} records failed: {e}")
+                for _, fut in group + self._queue:
                     if not fut.done():
-                        fut.set_exception(e)
+                        fut.set_exception(StoreClosed(self.failed))
+                self._queue = []
                 return
             self.last_lsn = last
         stats = self.stats
@@ -358,9 +364,15 @@ class NamespaceStore:
         last = records[-1].lsn
         wb.put(META_LAST_LSN, _U64.pack(last))
         async with self._lock:
+            if self.failed is not None:
+                raise StoreClosed(self.failed)
             db = self._require()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sync,
-                                                             db, wb)
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                 self._write_sync, db, wb)
+            except Exception as e:
+                self._fail(f"commit of {len(records)} records failed: {e}")
+                raise StoreClosed(self.failed) from e
             self.last_lsn = last
         self.stats.commits += 1
         self.stats.committed_records += len(records)
@@ -368,6 +380,11 @@ class NamespaceStore:
         if replicated:
             self.stats.replicated_records += len(records)
         self._signal_commit(records)
+
+    def _fail(self, what: str) -> None:
+        self.failed = (f"namespace {self.name}: {what}; writes are refused until the node "
+                       "restarts and recovers from its log")
+        log.error("%s", self.failed)
 
     def _write_sync(self, db: Rdict, wb: WriteBatch) -> None:
         # write() keeps the GIL for its duration; flush_wal(sync) releases it while the
