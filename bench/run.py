@@ -7,7 +7,7 @@ then reduces the outcomes to `latest.json`, `latest.md` and PNG plots in the out
 directory (default `bench/results/`). A benchmark that fails is reported with its
 error and makes the command exit 1.
 
-    python -m bench.run                 # full sizes, 3 repetitions (replication, rss: 1), ~10 min
+    python -m bench.run                 # full sizes, 3 repetitions (replication, rss: 1), ~5 min on 2 cores
     python -m bench.run --smoke         # tiny sizes, seconds (what the test suite runs)
     python -m bench.run --only http notify --repeat 5 --out /tmp/results
 """
@@ -54,7 +54,7 @@ class Bench:
     description: str
     target: str  # "module:function", function(profile: str) -> Outcome
     timeout: dict[str, float] = field(default_factory=lambda: {"smoke": 60.0, "full": 240.0})
-    # Heavy benchmarks run at most this often in a full run, to keep it near 10 minutes
+    # Heavy benchmarks run at most this often in a full run, to keep it near 5 minutes
     # on 2 cores (an explicit --repeat above it is capped too, and the table shows the count).
     max_repeat: int | None = None
 
