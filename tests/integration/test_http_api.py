@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from unison.api.app import build_app
 from unison.config import GrpcConfig, HttpConfig, NodeConfig, StorageConfig
@@ -440,22 +439,22 @@ def test_relayer_refuses_before_reading_the_body(relayer: NodeProcess) -> None:
 
 async def test_internal_error_is_500_json_and_logged(tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
-    """The API app in-process on real storage, plus one route that fails the way a bug
+    """The API app in-process on real storage, with a route that fails the way a bug
     would: the client gets a plain 500, the traceback goes to the node's log only."""
     store = NamespaceStore(NS, tmp_path / NS).open()
     store.start()
     ctx = NodeContext(NodeConfig(), "replicator", {NS: store}, frozenset({NS}))
     app = build_app(ctx)
 
-    async def broken(request: web.Request) -> web.Response:
+    def broken() -> tuple[bool, list[str]]:
         raise RuntimeError("secret internal detail")
 
-    app.router.add_get("/broken", broken)
+    ctx.ready = broken  # type: ignore[method-assign]  # /readyz now fails like a bug
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(server.make_url("/broken")) as r:
+            async with session.get(server.make_url("/readyz")) as r:
                 assert r.status == 500
                 body = await r.json()
             assert body == {"error": "internal error (see the node's log)"}

@@ -1,14 +1,17 @@
 """The node's aiohttp application: routes, JSON errors, request metrics.
 
 Every answer is JSON (except `/metrics`); errors are `{"error": "..."}` with the status
-DESIGN section 3 names. One middleware turns refusals and aiohttp's own 404/405/413 into
-that shape, counts requests by route and status, and hides internal errors behind 500.
+DESIGN section 3 names. Every route's handler is wrapped to turn refusals and aiohttp's
+own 413 into that shape, count requests by route and status, and hide internal errors
+behind 500; a last catch-all route answers 404/405 the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
+from functools import update_wrapper
 from typing import Any
 
 from aiohttp import web
@@ -28,48 +31,78 @@ REQUESTS_KEY = web.AppKey("unison_requests", RequestCounter)
 _UNMATCHED = "unmatched"
 
 
-def _middleware(ctx: Any, requests: RequestCounter) -> Any:
-    limit = ctx.config.http.max_body_size
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-    @web.middleware
-    async def observe(request: web.Request, handler: Any) -> web.StreamResponse:
+
+class _Observer:
+    """Wraps each route's handler: JSON errors and request counts.
+
+    Per-route wrappers rather than an app middleware: with any middleware aiohttp adds
+    its own layer and per-request bookkeeping, which the PUT hot path pays every time.
+    Requests no route takes go to `unmatched` (registered last), which answers the JSON
+    404/405 the router would have raised.
+    """
+
+    def __init__(self, requests: RequestCounter, max_body: int) -> None:
+        self.requests = requests
+        self.max_body = max_body
+
+    def __call__(self, handler: Handler) -> Handler:
+        requests = self.requests
+
+        async def observed(request: web.Request) -> web.StreamResponse:
+            try:
+                response = await handler(request)
+            except Exception as e:
+                response = self._error(request, e)
+            requests.add(request.method, request.match_info.route.resource.canonical,
+                         response.status)
+            return response
+
+        return update_wrapper(observed, handler)
+
+    def _error(self, request: web.Request, error: Exception) -> web.Response:
+        """The JSON answer to what a handler raised (re-raised when nothing should answer)."""
         try:
-            response = await handler(request)
+            raise error
         except ApiError as e:
-            response = error_response(e.status, e.message)
+            return error_response(e.status, e.message)
         except web.HTTPRequestEntityTooLarge:
-            response = error_response(413, body_too_large(limit))
-        except web.HTTPMethodNotAllowed as e:
-            response = error_response(405, f"method {request.method} not allowed on "
-                                           f"{request.path} (allowed: "
-                                           f"{', '.join(sorted(e.allowed_methods))})")
-            response.headers["Allow"] = ",".join(sorted(e.allowed_methods))
-        except web.HTTPNotFound:
-            response = error_response(404, f"not found: {request.path}")
+            return error_response(413, body_too_large(self.max_body))
         except web.HTTPException as e:
             if e.status < 400:  # redirects and the like are not errors
                 raise
-            response = error_response(e.status, e.reason)
+            return error_response(e.status, e.reason)
         except StoreClosed as e:  # the node is stopping: try again elsewhere or later
-            response = error_response(503, f"unavailable: {e}")
+            return error_response(503, f"unavailable: {e}")
         except ConnectionResetError:
             raise  # the client went away (e.g. mid-stream on /watch): nothing to answer
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
-            response = error_response(500, "internal error (see the node's log)")
-        resource = request.match_info.route.resource
-        requests.add(request.method, resource.canonical if resource is not None else _UNMATCHED,
-                     response.status)
-        return response
+            return error_response(500, "internal error (see the node's log)")
 
-    return observe
+    async def unmatched(self, request: web.Request) -> web.Response:
+        """404, or 405 with every method the resources matching the path allow."""
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            methods = sorted(allowed)
+            response = error_response(405, f"method {request.method} not allowed on "
+                                           f"{request.path} (allowed: {', '.join(methods)})")
+            response.headers["Allow"] = ",".join(methods)
+        else:
+            response = error_response(404, f"not found: {request.path}")
+        self.requests.add(request.method, _UNMATCHED, response.status)
+        return response
 
 
 def build_app(ctx: Any) -> web.Application:
     """The HTTP API of a running node (`ctx` is its `unison.node.NodeContext`)."""
     requests = RequestCounter()
-    app = web.Application(middlewares=[_middleware(ctx, requests)],
-                          client_max_size=ctx.config.http.max_body_size)
+    app = web.Application(client_max_size=ctx.config.http.max_body_size)
+    observe = _Observer(requests, ctx.config.http.max_body_size)
     app[CTX_KEY] = ctx
     app[REQUESTS_KEY] = requests
     kv = KvRoutes(ctx)
@@ -97,18 +130,19 @@ def build_app(ctx: Any) -> web.Application:
     # Single keys first: they are the hot path, and resolution tries resources in this
     # order. POST .../kv/batch still reaches the batch route (the key resource has no
     # POST, so the router moves on), and PUT/GET/DELETE of a key named "batch" work.
-    r.add_put(f"{base}/kv/{{key:.+}}", kv.put)
-    r.add_get(f"{base}/kv/{{key:.+}}", kv.get)
-    r.add_delete(f"{base}/kv/{{key:.+}}", kv.delete)
-    r.add_post(f"{base}/kv/batch", kv.batch)
+    r.add_put(f"{base}/kv/{{key:.+}}", observe(kv.put))
+    r.add_get(f"{base}/kv/{{key:.+}}", observe(kv.get))
+    r.add_delete(f"{base}/kv/{{key:.+}}", observe(kv.delete))
+    r.add_post(f"{base}/kv/batch", observe(kv.batch))
     for method in ("GET", "PUT", "DELETE"):
-        r.add_route(method, f"{base}/kv/", kv.empty_key)
-    r.add_get(f"{base}/kv", kv.scan)
-    r.add_get(f"{base}/offset", kv.offset)
-    r.add_get(f"{base}/stats", kv.stats)
-    r.add_get("/healthz", healthz)
-    r.add_get("/readyz", readyz)
-    r.add_get("/metrics", metrics)
-    r.add_get("/openapi.json", openapi_json)
-    add_watch_routes(app, ctx)
+        r.add_route(method, f"{base}/kv/", observe(kv.empty_key))
+    r.add_get(f"{base}/kv", observe(kv.scan))
+    r.add_get(f"{base}/offset", observe(kv.offset))
+    r.add_get(f"{base}/stats", observe(kv.stats))
+    r.add_get("/healthz", observe(healthz))
+    r.add_get("/readyz", observe(readyz))
+    r.add_get("/metrics", observe(metrics))
+    r.add_get("/openapi.json", observe(openapi_json))
+    add_watch_routes(app, ctx, wrap=observe)
+    r.add_route("*", "/{path:.*}", observe.unmatched)  # last: whatever no route took
     return app

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,14 +27,17 @@ HEARTBEAT_SECONDS = 10.0
 CHUNK_RECORDS = 500
 CHUNK_BYTES = 1024 * 1024
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 _CLOSING = web.AppKey("unison_watch_closing", asyncio.Event)
 _HEARTBEAT = web.AppKey("unison_watch_heartbeat", float)
 _STATS = web.AppKey("unison_watch_stats", dict)
 
 
-def add_watch_routes(app: web.Application, ctx: Any, *,
-                     heartbeat: float = HEARTBEAT_SECONDS) -> None:
-    """Register the watch route on the node's HTTP app (ctx: a `unison.node.NodeContext`)."""
+def add_watch_routes(app: web.Application, ctx: Any, *, heartbeat: float = HEARTBEAT_SECONDS,
+                     wrap: Callable[[Handler], Handler] = lambda handler: handler) -> None:
+    """Register the watch route on the node's HTTP app (ctx: a `unison.node.NodeContext`);
+    `wrap` is applied to the handler (the app's error mapping and request counts)."""
     app[_CLOSING] = asyncio.Event()
     app[_HEARTBEAT] = heartbeat
     app[_STATS] = {"watch_streams": 0, "watch_events_sent": 0}
@@ -47,7 +51,7 @@ def add_watch_routes(app: web.Application, ctx: Any, *,
     async def watch(request: web.Request) -> web.StreamResponse:
         return await _watch(request, ctx)
 
-    app.router.add_get("/api/v1/{namespace}/watch", watch)
+    app.router.add_get("/api/v1/{namespace}/watch", wrap(watch))
 
 
 def watch_metrics(app: web.Application) -> dict[str, int]:
