@@ -220,6 +220,24 @@ def test_wrong_method_and_unknown_path_answer_json(node: NodeProcess) -> None:
     assert node.api("GET", "/api/v2/whatever") == (404, {"error": "not found: /api/v2/whatever"})
 
 
+def test_wrong_method_lists_what_every_matching_route_allows(node: NodeProcess) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=10)
+    try:
+        conn.request("PATCH", f"/api/v1/{NS}/kv/batch")  # the key route and the batch route
+        resp = conn.getresponse()
+        body = json.loads(resp.read())
+        assert resp.status == 405
+        assert resp.getheader("Allow") == "DELETE,GET,HEAD,POST,PUT"
+        assert body == {"error": f"method PATCH not allowed on /api/v1/{NS}/kv/batch "
+                                 "(allowed: DELETE, GET, HEAD, POST, PUT)"}
+        conn.request("HEAD", "/healthz")  # GET routes answer HEAD too
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+    finally:
+        conn.close()
+
+
 # ---------------------------------------------------------------- batch
 
 
