@@ -296,7 +296,8 @@ def client_objects(name: str, namespace: str, spec: ClusterSpec, relayer: NodePl
             "args": args,
             "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
             "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
+            # Ready once every namespace was scanned: before that /state is incomplete.
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
                                "periodSeconds": 5, "timeoutSeconds": 3},
             "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"},
                               "initialDelaySeconds": 10, "periodSeconds": 10,

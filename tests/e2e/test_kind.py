@@ -176,9 +176,8 @@ def test_seed_scenarios_on_kind(kind: Kind) -> None:
                  "relayer": pf.forward("ad-campaign-relayer", 8003),
                  "client": pf.forward("ad-campaign-client", 8090)}
         for name, port in ports.items():
-            path = "/healthz" if name == "client" else "/readyz"
             wait_for(f"port-forward to {name}",
-                     lambda p=port, q=path: request(p, "GET", q, timeout=2)[0] == 200,
+                     lambda p=port: request(p, "GET", "/readyz", timeout=2)[0] == 200,
                      60, kind.diagnose)
 
         scenarios = seed_scenarios(int(time.time()) * 1000)

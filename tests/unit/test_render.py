@@ -11,7 +11,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from unison.config import parse_config, render_toml
+from unison.config import NodeConfig, parse_config, render_toml
+from unison.local.cluster import plan_local
 from unison_operator.render import CONFIG_HASH_ANNOTATION, HASH_ANNOTATION, render
 from unison_operator.render_cli import main as render_main
 from unison_operator.spec import load_cluster, parse_cluster
@@ -134,7 +135,8 @@ def test_client_deployment_points_at_the_relayer() -> None:
         "--zmq", "ad-campaign-dc1=tcp://ad-campaign-relayer:5555",
         "--zmq", "ad-campaign-dc2=tcp://ad-campaign-relayer:5556",
         "--state-host", "0.0.0.0", "--state-port", "8090"]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
 
 
 def test_disabling_the_client_removes_it() -> None:
@@ -163,23 +165,27 @@ def test_labels_and_owner_references() -> None:
 
 
 def test_configmap_toml_is_what_unison_up_writes_apart_from_paths_and_addresses() -> None:
-    cluster = load_cluster(EXAMPLE)
     data = seed()[0]["data"]
     assert sorted(data) == ["dc1.toml", "dc2.toml", "relayer.toml"]
-    for plan in cluster.plan(base_dir="/home/me/unison-data"):
-        local = plan.config
-        local = dataclasses.replace(
-            local, storage=dataclasses.replace(local.storage, base_dir="/data"),
-            relayers=[dataclasses.replace(u, upstream_address=f"{u.name}:{4000 + i}")
-                      for i, u in enumerate(local.relayers, start=1)])
-        in_cluster = parse_config(tomllib.loads(data[f"{plan.name}.toml"]), plan.name)
-        in_cluster = dataclasses.replace(
-            in_cluster, source=local.source,
-            relayers=[dataclasses.replace(u, upstream_address=f"{u.name}:{4000 + i}")
-                      for i, u in enumerate(in_cluster.relayers, start=1)])
-        assert in_cluster == local
-        if plan.name == "dc1":  # no addresses in a datacenter's file: byte-identical
-            assert data["dc1.toml"] == render_toml(local)
+    manifest = yaml.safe_load(EXAMPLE.read_text())
+    local_cluster = plan_local(manifest, str(EXAMPLE), data_dir="/home/me/unison-data")
+    assert [n.name for n in local_cluster.nodes] == ["dc1", "dc2", "relayer"]
+
+    def same_places(cfg: NodeConfig) -> NodeConfig:
+        """What legitimately differs: data paths, listen addresses, upstream hosts."""
+        cfg = copy.deepcopy(cfg)
+        cfg.source = ""
+        cfg.storage.base_dir = "/data"
+        cfg.http.listen_ip = cfg.grpc.listen_ip = "any"
+        cfg.relayers = [dataclasses.replace(u, upstream_address=u.upstream_address.rsplit(":")[-1])
+                        for u in cfg.relayers]
+        return cfg
+
+    for node in local_cluster.nodes:
+        # Exactly the file `unison up` writes, read back as the node reads it.
+        written = parse_config(tomllib.loads(render_toml(node.config)), node.name)
+        in_cluster = parse_config(tomllib.loads(data[f"{node.name}.toml"]), node.name)
+        assert same_places(in_cluster) == same_places(written), node.name
 
 
 def test_relayer_dials_datacenters_through_headless_service_dns() -> None:
