@@ -31,6 +31,11 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
+# Plaintext gRPC is opt-in (UnisonDB's default); say so where a TLS path is missing.
+_TLS_REQUIRED = ("required when allow_insecure = false (the default); set allow_insecure = true "
+                 "for plaintext gRPC")
+
+
 class ConfigError(ValueError):
     """A config problem, already phrased for a person: names the file and the key."""
 
@@ -39,7 +44,7 @@ class ConfigError(ValueError):
 class GrpcConfig:
     port: int = 4001
     listen_ip: str = "0.0.0.0"
-    allow_insecure: bool = True
+    allow_insecure: bool = False  # as UnisonDB: plaintext gRPC only when asked for
     cert_path: str = ""
     key_path: str = ""
     ca_path: str = ""
@@ -85,7 +90,7 @@ class UpstreamConfig:
     namespaces: list[str]
     upstream_address: str
     segment_lag_threshold: int = 100
-    allow_insecure: bool = True
+    allow_insecure: bool = False  # as UnisonDB: plaintext gRPC only when asked for
     cert_path: str = ""
     key_path: str = ""
     ca_path: str = ""
@@ -277,6 +282,11 @@ def load_config(path: str | Path) -> NodeConfig:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at line {line}, "
+                          f"offset {e.start}: {e.reason}); TOML config files must be UTF-8"
+                          ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -293,15 +303,16 @@ def _parse(data: dict[str, Any], source: str) -> NodeConfig:
     cfg.grpc = GrpcConfig(
         port=g.int("port", 0, hi=65535),  # 0: no replication server
         listen_ip=g.str("listen_ip", "0.0.0.0") or "0.0.0.0",
-        allow_insecure=g.bool("allow_insecure", True),
+        allow_insecure=g.bool("allow_insecure", False),
         cert_path=g.str("cert_path"),
         key_path=g.str("key_path"),
         ca_path=g.str("ca_path"),
     )
-    if g.data and not cfg.grpc.allow_insecure:
+    # Port 0 starts no replication server, so there is nothing to secure.
+    if cfg.grpc.port and not cfg.grpc.allow_insecure:
         for k in ("cert_path", "key_path"):
             if not getattr(cfg.grpc, k):
-                raise ConfigError(f"grpc_config.{k}: required when allow_insecure = false")
+                raise ConfigError(f"grpc_config.{k}: {_TLS_REQUIRED}")
     g.warn_unknown()
 
     h = root.table("http_config")
@@ -354,7 +365,7 @@ def _parse(data: dict[str, Any], source: str) -> NodeConfig:
             namespaces=e.namespaces("namespaces", required=True),
             upstream_address=e.str("upstream_address", required=True),
             segment_lag_threshold=e.int("segment_lag_threshold", 100),
-            allow_insecure=e.bool("allow_insecure", True),
+            allow_insecure=e.bool("allow_insecure", False),
             cert_path=e.str("cert_path"),
             key_path=e.str("key_path"),
             ca_path=e.str("ca_path"),
@@ -364,8 +375,6 @@ def _parse(data: dict[str, Any], source: str) -> NodeConfig:
             raise ConfigError(
                 f"{e.key('upstream_address')}: expected host:port, got {up.upstream_address!r}"
             )
-        if not up.allow_insecure and not up.ca_path:
-            raise ConfigError(f"{e.key('ca_path')}: required when allow_insecure = false")
         for ns in up.namespaces:
             if ns not in served:
                 raise ConfigError(
@@ -377,6 +386,9 @@ def _parse(data: dict[str, Any], source: str) -> NodeConfig:
                     f"relayer_config.{followed[ns]}"
                 )
             followed[ns] = name
+        # After the namespace checks: those name a mistake even in a plaintext-meant entry.
+        if not up.allow_insecure and not up.ca_path:
+            raise ConfigError(f"{e.key('ca_path')}: {_TLS_REQUIRED}")
         e.warn_unknown()
         cfg.relayers.append(up)
 
@@ -535,7 +547,8 @@ def plan_cluster(
     relayer follows (every followed namespace gets a notifier port, counting up from
     `notifier_base_port`). `base_dir(node_name)` gives each node's data directory and
     `upstream_address(dc_name, grpc_port)` the address the relayer dials, so local mode
-    and Kubernetes differ only in those two.
+    and Kubernetes differ only in those two. Their gRPC is plaintext (no certificates are
+    provisioned), so it is asked for explicitly: the rendered TOML says allow_insecure = true.
     """
     plans: list[NodePlan] = []
     dc_ports: dict[str, int] = {}
@@ -546,7 +559,7 @@ def plan_cluster(
         dc_namespaces[name] = list(namespaces)
         cfg = NodeConfig(
             http_port=http,
-            grpc=GrpcConfig(port=grpc),
+            grpc=GrpcConfig(port=grpc, allow_insecure=True),
             storage=StorageConfig(base_dir=base_dir(name), namespaces=list(namespaces)),
             log=LogConfig(log_level=log_level),
             source=f"<{name}>",
@@ -558,13 +571,14 @@ def plan_cluster(
     relayed = [ns for dc in follow for ns in dc_namespaces[dc]]
     cfg = NodeConfig(
         http_port=http,
-        grpc=GrpcConfig(port=grpc),
+        grpc=GrpcConfig(port=grpc, allow_insecure=True),
         storage=StorageConfig(base_dir=base_dir(RELAYER_NAME), namespaces=relayed),
         relayers=[
             UpstreamConfig(
                 name=dc,
                 namespaces=dc_namespaces[dc],
                 upstream_address=upstream_address(dc, dc_ports[dc]),
+                allow_insecure=True,
             )
             for dc in follow
         ],

@@ -8,6 +8,7 @@ against real nodes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -608,3 +609,40 @@ async def test_environment_configures_it(relayer, notifier) -> None:
         await client.saw(f"Connecting to ZeroMQ {DC2}: tcp://{HOST}:{notifier.ports[DC2]}")
     finally:
         assert await client.terminate() == 0
+
+
+# JSON text with lone surrogate escapes: valid JSON, parsed to a str no UTF-8 codec can
+# encode strictly (issue 6: printing the state block raised UnicodeEncodeError)
+SURROGATE_VALUE = base64.b64encode(b'{"value":"\\ud800","timestamp":1,"replica":"a"}').decode()
+SURROGATE_REPLICA = base64.b64encode(b'{"replica":"dc\\udcff","count":2}').decode()
+
+
+async def test_lone_surrogates_in_values_do_not_stop_the_client(
+    relayer, notifier, start_client
+) -> None:
+    # in the namespace before the start: the bootstrap scan prints them in the state block
+    relayer.put(DC1, "lww:x", SURROGATE_VALUE)
+    relayer.put(DC2, "counter:odd", SURROGATE_REPLICA)
+    client = await start_client("--resync-interval", "0")
+    await client.wait_ready()
+    state = await client.state()  # json.loads: /state is valid JSON
+    assert state["lww"]["lww:x"] == {"value": "\ud800", "timestamp": 1, "replica": "a"}
+    assert state["counters"]["counter:odd"] == {"counts": {"dc\udcff": 2}, "total": 2}
+    await client.saw("Value: \\ud800")
+    await client.saw('Replica Counts: {"dc\\udcff":2}')
+
+    # and through a notification (the per-change lines), then a plain value still merges
+    seq = relayer.put(
+        DC1,
+        "lww:y",
+        base64.b64encode(b'{"value":"a\\udfffb","timestamp":3,"replica":"b"}').decode(),
+    )
+    await publish_until(notifier, DC1, "lww:y", seq,
+                        lambda: _state_with(client, "lww", "lww:y"), "the surrogate notification")  # fmt: skip
+    await client.saw("LWW-Register updated: lww:y")
+    await client.saw("Value: a\\udfffb")
+    seq = relayer.put(DC1, "counter:after", {"replica": DC1, "count": 1})
+    await notifier.send(DC1, "counter:after", seq)
+    await eventually(lambda: _total_is(client, "counter:after", 1), "a value after them")
+    assert client.proc is not None and client.proc.returncode is None
+    assert "UnicodeEncodeError" not in client.stderr

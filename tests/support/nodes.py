@@ -168,7 +168,8 @@ def single_node_config(tmp: Path, namespaces: list[str], **overrides: Any) -> No
 
     cfg = NodeConfig(
         http_port=free_port(),
-        grpc=GrpcConfig(port=free_port(), listen_ip=HOST),
+        # Plaintext is opt-in (allow_insecure defaults to false): ask, as before.
+        grpc=GrpcConfig(port=free_port(), listen_ip=HOST, allow_insecure=True),
         storage=StorageConfig(base_dir=str(tmp / "data"), namespaces=namespaces),
     )
     cfg.http.listen_ip = HOST

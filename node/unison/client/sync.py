@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import zmq
 import zmq.asyncio
@@ -33,14 +33,36 @@ BACKOFF_MAX = 10.0
 
 
 class Console:
-    """stdout for the seed's lines (flushed at once so pipes see them live)."""
+    """stdout for the seed's lines (flushed at once so pipes see them live).
 
-    def __init__(self, quiet: bool = False) -> None:
+    Values are user data: a lone surrogate (valid JSON `"\\ud800"`) cannot be encoded by
+    any strict codec, so text is written with backslashreplace; any other failure to
+    print (a closed pipe) is logged, never raised, so output cannot stop a sync task."""
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
         self.quiet = quiet
+        self._stream = stream  # None: sys.stdout at write time (tests may swap it)
+        self._failures = 0
 
     def show(self, text: str, *, always: bool = False) -> None:
-        if always or not self.quiet:
-            print(text, flush=True, file=sys.stdout)
+        if self.quiet and not always:
+            return
+        stream = self._stream or sys.stdout
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            safe = text.encode(encoding, "backslashreplace").decode(encoding)
+        except LookupError:  # a stream reporting an unknown codec: ASCII is always safe
+            safe = text.encode("ascii", "backslashreplace").decode("ascii")
+        try:
+            stream.write(safe + "\n")
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            # the first failure at WARNING; a dead stdout would otherwise log per line
+            self._failures += 1
+            level = logging.WARNING if self._failures == 1 else logging.DEBUG
+            log.log(
+                level, "cannot write to stdout (%s: %s); output dropped", type(exc).__name__, exc
+            )
 
 
 @dataclass
@@ -265,7 +287,12 @@ class NamespaceSync:
         ):
             self.metrics.set("unison_client_keys", len(held), crdt=name)
         if not self.console.quiet:
-            self.console.show(output.state_block(self.state.snapshot()))
+            try:
+                text = output.state_block(self.state.snapshot())
+            except Exception:  # printing is a courtesy: the state and /state stay right
+                log.exception("%s: could not format the CURRENT CRDT STATE block", self.ns)
+                return
+            self.console.show(text)
 
     # -- scans --------------------------------------------------------------------------
 
