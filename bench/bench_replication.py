@@ -304,6 +304,24 @@ def _lags(acks: dict[str, int], arrivals: dict[str, int]) -> tuple[list[float], 
     return lags, missing, early
 
 
+LAG_WINDOW_S = 0.25
+
+
+def _lag_over_time(acks: dict[str, int], arrivals: dict[str, int]) -> list[tuple[float, float]]:
+    """(seconds since the first ack, p99 lag in ms) per LAG_WINDOW_S window of acks."""
+    if not acks:
+        return []
+    t0 = min(acks.values())
+    windows: dict[int, list[float]] = {}
+    for key, t_ack in acks.items():
+        t = arrivals.get(key)
+        if t is not None:
+            windows.setdefault(int((t_ack - t0) / 1e9 / LAG_WINDOW_S), []).append(
+                max(0.0, (t - t_ack) / 1e6))
+    return [(w * LAG_WINDOW_S, percentile_or_nan(sorted(v), 99))
+            for w, v in sorted(windows.items())]
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc; 0 where unavailable)."""
     try:
@@ -356,6 +374,7 @@ def _measure_lag(dc1: Node, relayers: list[Node], workdir: Path, rate: float, se
         })
         if not name:
             out["quantiles_ms"] = [percentile_or_nan(lags, q) for q in QUANTILES]
+            out["over_time"] = _lag_over_time(subset, arrivals[0]) if arrivals else []
     return out
 
 
@@ -522,7 +541,8 @@ def run(profile: str) -> Any:
                  r["lag"]["quantiles_ms"],
                  f"fan-out to {sizes.fanout_relayers} relayers (quantiles)":
                  r["fanout"]["quantiles_ms"]},
-        series={"catch-up: relayer lsn": r["catchup"]["series"]},
+        series={"catch-up: relayer lsn": r["catchup"]["series"],
+                f"replication lag p99 per {LAG_WINDOW_S:g} s (ms)": r["lag"]["over_time"]},
         params=asdict(sizes),
         notes=[f"lag: {r['lag']['writes']} writes at {sizes.rate:g}/s ({r['lag']['put_probes']} "
                f"single PUTs, the rest in batches of {sizes.batch}), {r['lag']['missing']} "

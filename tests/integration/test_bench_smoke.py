@@ -70,8 +70,9 @@ def test_smoke_run_writes_every_metric_to_json_markdown_and_plots(tmp_path: Path
     for expected in ("http_latency.png", "notify_latency.png", "replication_latency.png",
                      "storage_latency.png"):
         assert expected in plots
-    over_time = [p for p in plots if p.startswith("replication_") and p != "replication_latency.png"]
-    assert over_time, f"no replication plot over time in {plots}"
+    for expected in ("replication_catch_up_relayer_lsn.png",
+                     "replication_replication_lag_p99_per_0_25_s.png"):
+        assert expected in plots, f"no {expected} (over time) in {plots}"
     for name in plots:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md
