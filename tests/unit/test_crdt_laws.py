@@ -10,14 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unison.crdt import CRDTState, Outcome, canonical_json
 
+from tests.support.crdt_strategies import texts
+
 REPLICAS = ["ad-campaign-dc1", "ad-campaign-dc2", "eu-west-1"]
 
-json_scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=3)
+
+json_scalars = st.none() | st.booleans() | st.integers(-3, 3) | texts(3)
 json_values = st.recursive(
     json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
-    ),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts(2), inner, max_size=3),
     max_leaves=5,
 )
 

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from unison.crdt import CRDTState, Kind, MalformedValueError, Outcome, encode_value
 
+from tests.support.crdt_strategies import texts
+
 
 def put(state: CRDTState, key: str, doc: dict) -> Outcome:
     # exactly what the seed's curl does: base64 of compact JSON
@@ -188,7 +190,10 @@ def test_malformed_values_name_the_key_and_the_problem(key: str, value: str, rea
 @settings(deadline=None)
 @given(
     st.sampled_from(["lww:k", "counter:k", "pncounter:k"]),
-    st.binary(max_size=60) | st.text(max_size=60).map(str.encode),
+    st.binary(max_size=60)
+    | st.text(max_size=60).map(str.encode)
+    # surrogates written raw (not as JSON escapes) are not UTF-8: refused by name
+    | texts(60).map(lambda t: t.encode("utf-8", "surrogatepass")),
 )
 def test_any_bytes_either_apply_or_raise_a_named_error(key: str, raw: bytes) -> None:
     s = CRDTState()
@@ -205,7 +210,7 @@ def test_any_bytes_either_apply_or_raise_a_named_error(key: str, raw: bytes) -> 
 @given(
     st.dictionaries(
         st.sampled_from(["value", "timestamp", "replica", "count", "p", "n"]),
-        st.none() | st.integers(-2, 2) | st.text(max_size=2) | st.booleans(),
+        st.none() | st.integers(-2, 2) | texts(2) | st.booleans(),
     )
 )
 def test_random_objects_never_crash(doc: dict) -> None:
@@ -214,3 +219,19 @@ def test_random_objects_never_crash(doc: dict) -> None:
             CRDTState().apply_json(key, json.dumps(doc))
         except MalformedValueError as exc:
             assert exc.key == key
+
+
+def test_lone_surrogate_escapes_are_data_like_any_other() -> None:
+    # issue 6: valid JSON, so it merges; the snapshot must still serialise (as /state does)
+    s = CRDTState()
+    raw = base64.b64encode(b'{"value":"\\ud800","timestamp":1,"replica":"a\\udcff"}')
+    assert s.apply_b64("lww:x", raw.decode()).outcome is Outcome.UPDATED
+    reg = s.snapshot()["lww"]["lww:x"]
+    assert reg == {"value": "\ud800", "timestamp": 1, "replica": "a\udcff"}
+    text = json.dumps(s.snapshot())
+    assert text.isascii() and json.loads(text) == s.snapshot()
+    # a newer value replaces it, an equal one is a duplicate
+    assert put(s, "lww:x", {"value": "\ud800", "timestamp": 1, "replica": "a\udcff"}) is (
+        Outcome.UNCHANGED
+    )
+    assert put(s, "lww:x", {"value": "ok", "timestamp": 2, "replica": "a"}) is Outcome.UPDATED
