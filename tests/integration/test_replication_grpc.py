@@ -34,6 +34,11 @@ async def until(cond: Callable[[], bool], within: float = 15.0, what: str = "con
     assert cond(), what
 
 
+def plaintext(port: int) -> GrpcConfig:
+    """A server config that asks for plaintext gRPC (allow_insecure defaults to false)."""
+    return GrpcConfig(port=port, listen_ip=HOST, allow_insecure=True)
+
+
 def open_store(path: Path, name: str = NS) -> NamespaceStore:
     store = NamespaceStore(name, path).open()
     store.start()
@@ -63,6 +68,8 @@ class Cluster:
         return s
 
     async def server(self, stores: dict[str, NamespaceStore], **tls: object) -> ReplicationServer:
+        # Plaintext unless a test passes TLS settings (allow_insecure defaults to false).
+        tls = {"allow_insecure": True, **tls}
         cfg = GrpcConfig(port=0, listen_ip=HOST, **tls)  # type: ignore[arg-type]
         srv = ReplicationServer(stores, cfg)
         await srv.start()
@@ -70,6 +77,7 @@ class Cluster:
         return srv
 
     def follow(self, store: NamespaceStore, port: int, **kw: object) -> Follower:
+        kw = {"allow_insecure": True, **kw}
         up = UpstreamConfig("up", [store.name], f"{HOST}:{port}", **kw)  # type: ignore[arg-type]
         f = Follower(store, up, backoff_base_s=0.02, backoff_cap_s=0.2)
         f.start()
@@ -198,7 +206,7 @@ async def test_two_hops_and_a_snapshot_through_a_relayer(cluster: Cluster) -> No
 async def test_idle_upstream_heartbeats_make_a_fresh_follower_caught_up(
         cluster: Cluster, tmp_path: Path) -> None:
     primary = cluster.store("primary")
-    srv = ReplicationServer({NS: primary}, GrpcConfig(port=0, listen_ip=HOST), heartbeat_s=0.05)
+    srv = ReplicationServer({NS: primary}, plaintext(0), heartbeat_s=0.05)
     await srv.start()
     try:
         replica = cluster.store("replica")
@@ -213,7 +221,7 @@ async def test_follower_reconnects_after_the_upstream_goes_away(cluster: Cluster
     primary = cluster.store("primary")
     await fill(primary, 100)
     port = _free_port()
-    srv = ReplicationServer({NS: primary}, GrpcConfig(port=port, listen_ip=HOST))
+    srv = ReplicationServer({NS: primary}, plaintext(port))
     await srv.start()
     replica = cluster.store("replica")
     f = cluster.follow(replica, port)
@@ -221,7 +229,7 @@ async def test_follower_reconnects_after_the_upstream_goes_away(cluster: Cluster
     await srv.stop(grace=0)
     await fill(primary, 100, prefix="offline")
     await until(lambda: not f.status()["connected"])
-    srv = ReplicationServer({NS: primary}, GrpcConfig(port=port, listen_ip=HOST))
+    srv = ReplicationServer({NS: primary}, plaintext(port))
     await srv.start()
     try:
         await until(lambda: replica.last_lsn == 200)
@@ -288,10 +296,10 @@ async def test_port_in_use_is_a_startup_error_naming_the_port(cluster: Cluster) 
         s.bind((HOST, 0))
         s.listen()
         port = s.getsockname()[1]
-        srv = ReplicationServer({NS: primary}, GrpcConfig(port=port, listen_ip=HOST))
+        srv = ReplicationServer({NS: primary}, plaintext(port))
         with pytest.raises(StartupError, match=f"gRPC port {port}"):
             await srv.start()
     first = await cluster.server({NS: primary})
-    second = ReplicationServer({NS: primary}, GrpcConfig(port=first.port, listen_ip=HOST))
+    second = ReplicationServer({NS: primary}, plaintext(first.port))
     with pytest.raises(StartupError, match=f"gRPC port {first.port}"):
         await second.start()

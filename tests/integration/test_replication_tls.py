@@ -89,7 +89,7 @@ async def test_mutual_tls_round_trip_and_refusals(primary: NamespaceStore, tmp_p
 
         # No client certificate, or no TLS at all: nothing gets through.
         anonymous, a = follow("anonymous", allow_insecure=False, ca_path=pki["ca.crt"])
-        plain, p = follow("plain")
+        plain, p = follow("plain", allow_insecure=True)
         await until(lambda: a.status()["reconnects"] >= 2 and p.status()["reconnects"] >= 2)
         assert anonymous.last_lsn == plain.last_lsn == 0
         assert not a.caught_up and not p.caught_up and not a.status()["connected"]
@@ -108,6 +108,75 @@ async def test_unreadable_certificate_is_a_startup_error(primary: NamespaceStore
         port=0, listen_ip=HOST, allow_insecure=False, cert_path=missing, key_path=missing))
     with pytest.raises(StartupError, match="cert_path: cannot read .*nope.crt"):
         await srv.start()
+
+
+def _not_pem(tmp_path: Path, pki: dict[str, str]) -> dict[str, str]:
+    """Files that exist but are not usable PEM, next to the good ones."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("this is not a certificate\n")
+    der = tmp_path / "server.der"
+    subprocess.run(["openssl", "x509", "-in", pki["server.crt"], "-outform", "DER", "-out",
+                    str(der)], check=True, capture_output=True)
+    broken = tmp_path / "broken.crt"
+    broken.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    return {"junk": str(junk), "der": str(der), "broken": str(broken)}
+
+
+@pytest.mark.parametrize("cert, key, ca, message", [
+    ("junk", "server.key", "", r"grpc_config\.cert_path: .*junk\.pem is not a PEM file"),
+    ("der", "server.key", "", r"grpc_config\.cert_path: .*server\.der is not a PEM file"),
+    ("broken", "server.key", "", r"grpc_config\.cert_path: .*broken\.crt: certificate 1 is not"),
+    ("server.key", "server.key", "", r"grpc_config\.cert_path: .*server\.key holds no CERTIF"),
+    ("server.crt", "junk", "", r"grpc_config\.key_path: .*junk\.pem is not a PEM file"),
+    ("server.crt", "server.crt", "", r"grpc_config\.key_path: .*server\.crt holds no PRIVATE"),
+    ("server.crt", "client.key", "", r"grpc_config\.key_path: .*client\.key does not match "
+                                     r"the certificate in .*server\.crt"),
+    ("server.crt", "server.key", "junk", r"grpc_config\.ca_path: .*junk\.pem is not a PEM"),
+])
+async def test_non_pem_tls_files_are_startup_errors_naming_key_and_file(
+        primary: NamespaceStore, tmp_path: Path, pki: dict[str, str],
+        cert: str, key: str, ca: str, message: str) -> None:
+    files = {**pki, **_not_pem(tmp_path, pki)}
+    srv = ReplicationServer({NS: primary}, GrpcConfig(
+        port=0, listen_ip=HOST, allow_insecure=False, cert_path=files[cert],
+        key_path=files[key], ca_path=files[ca] if ca else ""))
+    with pytest.raises(StartupError, match=message) as err:
+        await srv.start()
+    assert "in use" not in str(err.value)
+
+
+async def test_follower_with_a_non_pem_ca_says_which_key_and_file(
+        primary: NamespaceStore, tmp_path: Path, pki: dict[str, str]) -> None:
+    junk = _not_pem(tmp_path, pki)["junk"]
+    store = NamespaceStore(NS, tmp_path / "replica").open()
+    store.start()
+    f = Follower(store, UpstreamConfig("dc1", [NS], f"{HOST}:1", allow_insecure=False,
+                                       ca_path=junk), backoff_base_s=0.02, backoff_cap_s=0.2)
+    f.start()
+    try:
+        await until(lambda: f.status()["reconnects"] >= 1)
+        assert f.status()["last_error"].startswith(
+            f"TLS configuration: relayer_config.dc1.ca_path: {junk} is not a PEM file")
+    finally:
+        await f.stop()
+        await store.close()
+
+
+def test_node_process_with_a_non_pem_certificate_fails_naming_key_and_file(
+        tmp_path: Path, pki: dict[str, str]) -> None:
+    junk = _not_pem(tmp_path, pki)["junk"]
+    dc1 = seed_cluster(tmp_path, [("dc1", ["ad-campaign-dc1"])])["dc1"]
+    g = dc1.config.grpc
+    g.allow_insecure, g.cert_path, g.key_path = False, junk, pki["server.key"]
+    dc1.start(wait=False)
+    assert dc1.proc is not None
+    try:
+        assert dc1.proc.wait(30) == 1, dc1.logs()
+    finally:
+        dc1.stop()
+    logs = dc1.logs()
+    assert f"start-up failed: gRPC TLS: grpc_config.cert_path: {junk} is not a PEM file" in logs
+    assert "in use" not in logs and "Traceback" not in logs, logs
 
 
 def test_tls_between_node_processes(tmp_path: Path, pki: dict[str, str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -70,7 +72,8 @@ def test_everything_round_trips_through_toml() -> None:
                                          max_records=5000, min_segments=5, max_segments=10)),
         write_notify=WriteNotifyConfig(enabled=False, max_delay=0.02),
         relayers=[
-            UpstreamConfig("dc1", ["ad-campaign-dc1"], "dc1-0.dc1:4001", segment_lag_threshold=10),
+            UpstreamConfig("dc1", ["ad-campaign-dc1"], "dc1-0.dc1:4001", segment_lag_threshold=10,
+                           allow_insecure=True),
             UpstreamConfig("dc2", ["ad-campaign-dc2"], "127.0.0.1:4002", allow_insecure=False,
                            ca_path="/tls/ca.crt", cert_path="/tls/c.crt", key_path="/tls/c.key"),
         ],
@@ -220,6 +223,12 @@ def test_unknown_keys_warn_and_do_not_fail(caplog: pytest.LogCaptureFixture) -> 
      "grpc_config.allow_insecure: expected true or false, got 'yes'"),
     (with_(MINIMAL, grpc_config={"port": 4001, "allow_insecure": False}),
      "grpc_config.cert_path: required when allow_insecure = false"),
+    # Plaintext only when asked: a port without TLS paths and without allow_insecure fails.
+    (with_(MINIMAL, grpc_config={"port": 4001}),
+     "grpc_config.cert_path: required when allow_insecure = false (the default); "
+     "set allow_insecure = true for plaintext gRPC"),
+    (with_(MINIMAL, grpc_config={"port": 4001, "cert_path": "/tls/tls.crt"}),
+     "grpc_config.key_path: required when allow_insecure = false (the default)"),
     (with_(MINIMAL, grpc_config=5), "grpc_config: expected a table, got 5"),
     (with_(MINIMAL, log_config={"log_level": "loud"}), "log_config.log_level: expected debug"),
     (with_(MINIMAL, relayer_config={"r1": {"namespaces": ["ns1"]}}),
@@ -231,12 +240,15 @@ def test_unknown_keys_warn_and_do_not_fail(caplog: pytest.LogCaptureFixture) -> 
                                            "upstream_address": "dc1:4001"}}),
      "relayer_config.r1.namespaces: namespace 'other' is not in storage_config.namespaces"),
     (with_(MINIMAL, relayer_config={
-        "r1": {"namespaces": ["ns1"], "upstream_address": "dc1:4001"},
+        "r1": {"namespaces": ["ns1"], "upstream_address": "dc1:4001", "allow_insecure": True},
         "r2": {"namespaces": ["ns1"], "upstream_address": "dc2:4002"}}),
      "relayer_config.r2.namespaces: namespace 'ns1' is already followed by relayer_config.r1"),
     (with_(MINIMAL, relayer_config={"r1": {"namespaces": ["ns1"], "upstream_address": "a:1",
                                            "allow_insecure": False}}),
      "relayer_config.r1.ca_path: required when allow_insecure = false"),
+    (with_(MINIMAL, relayer_config={"r1": {"namespaces": ["ns1"], "upstream_address": "a:1"}}),
+     "relayer_config.r1.ca_path: required when allow_insecure = false (the default); "
+     "set allow_insecure = true for plaintext gRPC"),
     (with_(MINIMAL, notifier_config={"ns1": {}}),
      "notifier_config.ns1.bind_port: required key is missing"),
     (with_(MINIMAL, notifier_config={"other": {"bind_port": 5555}}),
@@ -254,6 +266,36 @@ def test_errors_name_the_file_and_the_key(doc: dict, message: str) -> None:
     assert "\n" not in text
 
 
+def test_plaintext_grpc_is_opt_in() -> None:
+    asked = parse_config(with_(MINIMAL, grpc_config={"port": 4001, "allow_insecure": True},
+                               relayer_config={"r1": {"namespaces": ["ns1"],
+                                                      "upstream_address": "a:1",
+                                                      "allow_insecure": True}}), "x.toml")
+    assert asked.grpc.allow_insecure and asked.relayers[0].allow_insecure
+    tls = parse_config(with_(MINIMAL, grpc_config={"port": 4001, "cert_path": "/c",
+                                                   "key_path": "/k"},
+                             relayer_config={"r1": {"namespaces": ["ns1"],
+                                                    "upstream_address": "a:1",
+                                                    "ca_path": "/ca"}}), "x.toml")
+    assert not tls.grpc.allow_insecure and not tls.relayers[0].allow_insecure
+    # No replication server (no grpc_config or port 0): nothing to secure, nothing required.
+    assert not parse_config(MINIMAL, "x.toml").grpc.allow_insecure
+    assert GrpcConfig().allow_insecure is False
+    assert UpstreamConfig("r", ["ns1"], "a:1").allow_insecure is False
+
+
+def test_rendered_configs_state_allow_insecure_and_load_back() -> None:
+    plans = plan_cluster([("dc1", ["a"])], ["dc1"], base_dir=lambda n: f"/data/{n}",
+                         upstream_address=lambda dc, port: f"{dc}:{port}")
+    for plan in plans:
+        text = render_toml(plan.config)
+        doc = tomllib.loads(text)
+        assert doc["grpc_config"]["allow_insecure"] is True, text
+        for entry in doc.get("relayer_config", {}).values():
+            assert entry["allow_insecure"] is True, text
+        assert parse_config(doc, plan.name) == dataclasses.replace(plan.config, source=plan.name)
+
+
 def test_load_config_reports_unreadable_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"absent\.toml: cannot read config file"):
         load_config(tmp_path / "absent.toml")
@@ -261,6 +303,39 @@ def test_load_config_reports_unreadable_and_invalid_files(tmp_path: Path) -> Non
     bad.write_text("http_port = = 1\n")
     with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
         load_config(bad)
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"http_port = 8001\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1\.toml: not UTF-8 text \(byte 0xe9 at line 2"):
+        load_config(latin1)
+
+
+def test_non_utf8_config_exits_2_with_one_line_over_the_cli(tmp_path: Path) -> None:
+    """The real command: no traceback, exit code 2, one line naming the file and the problem."""
+    cfg = tmp_path / "dc1.toml"
+    cfg.write_bytes(b'http_port = 8001\n[storage_config]\nbase_dir = "/tmp/d\xff"\n'
+                    b'namespaces = ["ns1"]\n')
+    proc = subprocess.run([sys.executable, "-m", "unison.cli", "node", "-config", str(cfg),
+                           "replicator"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(cfg) in lines[0] and "not UTF-8" in lines[0] and "0xff" in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_grpc_port_without_tls_or_allow_insecure_exits_2_over_the_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "dc1.toml"
+    cfg.write_text(f'http_port = 8001\n[grpc_config]\nport = 4001\n[storage_config]\n'
+                   f'base_dir = "{tmp_path / "data"}"\nnamespaces = ["ns1"]\n')
+    proc = subprocess.run([sys.executable, "-m", "unison.cli", "node", "-config", str(cfg),
+                           "replicator"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0] == (f"unison node: {cfg}: grpc_config.cert_path: required when "
+                        "allow_insecure = false (the default); set allow_insecure = true for "
+                        "plaintext gRPC")
+    assert not (tmp_path / "data").exists()  # refused before anything was opened
 
 
 # ---------------------------------------------------------------- durations and sizes

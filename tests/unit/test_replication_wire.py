@@ -41,7 +41,8 @@ def test_unknown_operation_is_rejected_with_its_lsn() -> None:
 def _follower(tmp_path: Path, threshold: int = 100) -> Follower:
     store = NamespaceStore("ns", tmp_path / "ns")  # never opened: status needs no I/O
     return Follower(store, UpstreamConfig("dc1", ["ns"], "127.0.0.1:1",
-                                          segment_lag_threshold=threshold),
+                                          segment_lag_threshold=threshold,
+                                          allow_insecure=True),
                     backoff_base_s=0.1, backoff_cap_s=2.0)
 
 
