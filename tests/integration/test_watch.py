@@ -18,6 +18,7 @@ from unison.api.watch import add_watch_routes, watch_metrics
 from unison.config import NodeConfig
 from unison.node import NodeContext
 from unison.storage import Mutation, NamespaceStore, Op
+from unison.storage.records import lsn_key
 
 NS = "ad-campaign-dc1"
 FIELDS = {"key", "namespace", "operation", "entry_type", "seq_num"}
@@ -226,3 +227,25 @@ async def test_server_shutdown_ends_open_streams(server, http):
             await server.runner.cleanup()
         ended = await sse.next()
     assert ended is None
+
+
+async def test_corrupt_log_record_ends_the_stream_with_an_error_event(server, http, caplog):
+    for i in range(1, 6):
+        await server.put(f"k{i}")
+    # Flip the last value byte of record 3 in the log column family: its CRC32 no longer matches.
+    log_cf = server.store._log
+    raw = bytearray(log_cf[lsn_key(3)])
+    raw[-1] ^= 0xFF
+    log_cf[lsn_key(3)] = bytes(raw)
+    async with http.get(f"{server.url}/api/v1/{NS}/watch?from_lsn=3") as resp:
+        assert resp.status == 200
+        sse = SSE(resp)
+        (eid, event, data), = await sse.take(1)
+        ended = await sse.next()
+    assert (eid, event) == (None, "error")
+    assert data["lsn"] == 3
+    assert "corrupt record in the local log" in data["error"] and NS in data["error"]
+    assert ended is None  # the stream ends cleanly after the error event
+    assert any("corrupt record" in r.getMessage() and r.levelname == "ERROR"
+               for r in caplog.records)
+    assert watch_metrics(server.runner.app)["watch_streams"] == 0

@@ -5,6 +5,7 @@ commits (no polling). Every event is `id: <lsn>` plus the same JSON as the ZeroM
 notification, so a client resumes after a disconnect by sending the last id it saw
 (`Last-Event-ID`, as EventSource does, or `from_lsn=<last id + 1>`): no gap, no duplicate.
 When N is older than the retained log the answer is 410 and the client must rescan.
+Once streaming, a trimmed or corrupt log record ends the stream with an `event: error`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from unison.notify.message import encode_notification
-from unison.storage import LogTrimmed, NamespaceStore, StoreClosed
+from unison.storage import CorruptRecord, LogTrimmed, NamespaceStore, StoreClosed
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,15 @@ async def _watch(request: web.Request, ctx: Any) -> web.StreamResponse:
                 # the reconnect then gets the 410.
                 await resp.write(_sse_error("log trimmed", lsn=e.wanted,
                                             first_retained_lsn=e.first))
+                break
+            except CorruptRecord as e:
+                # The response has started, so no HTTP error can be sent any more: report
+                # it in the stream and end it. Resuming cannot get past this record either.
+                log.error("namespace %s: watch stream stopped at lsn %d: corrupt record in "
+                          "the local log: %s", ns, next_lsn, e)
+                await resp.write(_sse_error(
+                    f"namespace {ns}: corrupt record in the local log at or after lsn "
+                    f"{next_lsn}; the stream cannot continue: {e}", lsn=next_lsn))
                 break
             if records:
                 out = bytearray()

@@ -4,12 +4,12 @@ After every durable commit (local writes on a primary, records applied by a foll
 a relayer: both reach us through the store's commit listener) each record goes out as
 two frames, `[b"<namespace>.kv", json]`, in LSN order.
 
-The socket is an XPUB with XPUB_NODROP: a SUB peer sees exactly what a PUB would send,
-but when a subscriber's queue reaches the high-water mark a non-blocking send fails with
-EAGAIN instead of dropping silently, so drops can be counted. The commit path never
-waits on a subscriber: a send that would block is counted as dropped, and subscribers
-notice the gap in `seq_num` and resync. The socket lives on the event loop (its FD is
-watched with add_reader) and every call on it is non-blocking.
+The socket is a plain PUB, as in UnisonDB: when one subscriber's queue reaches the
+high-water mark, ZeroMQ drops that subscriber's messages only, silently; every other
+subscriber still gets everything. (XPUB_NODROP would refuse the send for all of them.)
+The commit path never waits on a subscriber: every call on the socket is non-blocking.
+Subscribers detect their own losses by a gap in `seq_num` (the CRDT client rescans on a
+gap); `dropped` counts only sends the socket itself refused or failed.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ class Notifier:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._fd: int | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._pending: list[Record] = []
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -60,10 +59,9 @@ class Notifier:
 
     async def start(self) -> None:
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.XPUB)
+        sock = ctx.socket(zmq.PUB)
         sock.setsockopt(zmq.SNDHWM, self.config.high_water_mark)
         sock.setsockopt(zmq.LINGER, self.config.linger_time)
-        sock.setsockopt(zmq.XPUB_NODROP, 1)
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as e:
@@ -76,11 +74,6 @@ class Notifier:
             ) from e
         self._ctx, self._sock = ctx, sock
         self._loop = asyncio.get_running_loop()
-        # XPUB hands subscription messages to the application; read them so they never
-        # pile up. The FD is edge-triggered: _drain() also runs after every send.
-        self._fd = sock.getsockopt(zmq.FD)
-        self._loop.add_reader(self._fd, self._drain)
-        self._drain()
         if self.write_notify.enabled:
             self._unsubscribe = self.store.subscribe(self._on_commit)
             log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, max_delay %gs)",
@@ -98,9 +91,6 @@ class Notifier:
         if self._sock is None:
             return
         self._flush()
-        if self._loop is not None and self._fd is not None:
-            self._loop.remove_reader(self._fd)
-            self._fd = None
         self._sock.close(linger=self.config.linger_time)
         self._sock = None
         if self._ctx is not None:
@@ -147,36 +137,19 @@ class Notifier:
             return
         for r in records:
             try:
-                # Only the first frame can meet the HWM (XPUB_NODROP checks per message),
-                # so a message goes out whole or not at all.
+                # A PUB send never blocks and never fails at the HWM: a subscriber whose
+                # queue is full loses the whole message (multipart is atomic), the others
+                # get it. Only a socket error (e.g. closing) lands here.
                 sock.send(self._topic, _MORE_NOWAIT)
                 sock.send(encode_notification(self.namespace, r), _NOWAIT)
-            except zmq.Again:
-                self._count_drop()
             except zmq.ZMQError as e:
-                self.dropped += 1
-                log.error("namespace %s: notification send failed: %s", self.namespace, e)
+                self._count_drop(e)
             else:
                 self.sent += 1
             self.last_seq_num = r.lsn
-        self._drain()
 
-    def _count_drop(self) -> None:
+    def _count_drop(self, error: zmq.ZMQError) -> None:
         self.dropped += 1
         if self.dropped == 1 or self.dropped % 1000 == 0:
-            log.warning("namespace %s: a subscriber is at the high-water mark (%d); "
-                        "%d notifications dropped so far", self.namespace,
-                        self.config.high_water_mark, self.dropped)
-
-    def _drain(self) -> None:
-        """Read pending subscription messages (b"\\x01topic" / b"\\x00topic")."""
-        sock = self._sock
-        if sock is None:
-            return
-        try:
-            while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                msg = sock.recv(_NOWAIT)
-                log.debug("namespace %s: %s %r", self.namespace,
-                          "subscribe" if msg[:1] == b"\x01" else "unsubscribe", msg[1:])
-        except zmq.ZMQError:  # nothing more to read (or closing): the next edge brings more
-            pass
+            log.error("namespace %s: notification send failed (%s); %d dropped so far",
+                      self.namespace, error, self.dropped)
