@@ -58,10 +58,19 @@ class Record:
 
     @staticmethod
     def decode(lsn: int, raw: bytes) -> Record:
-        crc, op, ts_ms, klen = _HEADER.unpack_from(raw)
+        """The stored record; CorruptRecord for anything that is not one intact record."""
+        try:
+            crc, op, ts_ms, klen = _HEADER.unpack_from(raw)
+            op = Op(op)
+        except (struct.error, ValueError):
+            raise CorruptRecord(f"record lsn={lsn}: malformed ({len(raw)} bytes, "
+                                "header unreadable or unknown operation)") from None
         start = _HEADER.size
+        if start + klen > len(raw):
+            raise CorruptRecord(f"record lsn={lsn}: truncated (key of {klen} bytes, "
+                                f"{len(raw) - start} stored)")
         key = raw[start : start + klen]
-        rec = Record(lsn, Op(op), bytes(key), bytes(raw[start + klen :]), ts_ms, crc)
+        rec = Record(lsn, op, bytes(key), bytes(raw[start + klen :]), ts_ms, crc)
         rec.verify()
         return rec
 
