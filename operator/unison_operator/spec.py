@@ -515,6 +515,10 @@ def read_cluster_document(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise SpecError(f"{p}: cannot read file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:  # a ValueError, not an OSError: an editor's Latin-1 save
+        bad = e.object[e.start:e.start + 1].hex()
+        raise SpecError(f"{p}: not UTF-8 text (byte 0x{bad} at offset {e.start}); "
+                        "save the file as UTF-8") from None
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
     except yaml.YAMLError as e:

@@ -144,6 +144,51 @@ def test_unreadable_manifest_and_bad_yaml_exit_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "--client-port" in r.stderr
 
 
+def write_latin1_manifest(path: Path) -> Path:
+    """The example, saved by an editor set to Latin-1: valid YAML, not UTF-8."""
+    text = EXAMPLE.read_text(encoding="utf-8") + "# propriété de l'équipe\n"
+    path.write_bytes(text.encode("latin-1"))
+    return path
+
+
+@pytest.mark.parametrize("command", ["up", "demo", "render"])
+def test_a_manifest_that_is_not_utf8_is_refused_naming_the_file(command: str,
+                                                                tmp_path: Path) -> None:
+    manifest = write_latin1_manifest(tmp_path / "latin1.yaml")
+    extra = [] if command == "render" else ["--data-dir", str(tmp_path / "data"),
+                                            "--port-offset", str(free_offset())]
+    r = unison(command, str(manifest), *extra, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr  # as for any other invalid manifest
+    assert r.stderr.count("\n") == 1, r.stderr  # one line
+    assert f"unison {command}: {manifest}: not UTF-8 text" in r.stderr
+    assert "byte 0xe9" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+@pytest.mark.parametrize("where", ["proc", "under-a-file"])
+def test_a_data_dir_that_cannot_be_made_is_one_line_and_starts_nothing(
+        command: str, where: str, tmp_path: Path) -> None:
+    if where == "proc":
+        data, reason = Path("/proc/nope/x"), "No such file or directory"
+    else:
+        (tmp_path / "a-file").write_text("")
+        data, reason = tmp_path / "a-file" / "x", "Not a directory"
+    offset = free_offset()
+    r = unison(command, str(EXAMPLE), "--data-dir", str(data), "--port-offset", str(offset),
+               cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "Traceback" not in out
+    lines = [line for line in r.stderr.splitlines() if str(data) in line]
+    assert len(lines) == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert f"cannot create data directory {data}: {reason}" in lines[0]
+    assert "nothing was started" in lines[0]
+    assert busy_ports(offset) == []
+    assert processes_mentioning(str(data)) == []
+
+
 def test_port_in_use_names_port_and_node_and_starts_nothing(tmp_path: Path) -> None:
     offset = free_offset()
     taken = 4002 + offset  # dc2's gRPC port

@@ -165,3 +165,13 @@ def test_load_cluster_reports_file_problems(tmp_path: Path) -> None:
         load_cluster(wrong)
     assert str(err.value) == (f'{wrong}: spec.relayer.follow[0]: no datacenter is named "dc3" '
                               "(datacenters: dc1, dc2)")
+
+
+def test_load_cluster_refuses_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(yaml.safe_dump(example()).encode() + "# équipe\n".encode("latin-1"))
+    with pytest.raises(SpecError) as err:
+        load_cluster(latin1)
+    message = str(err.value)
+    assert message.startswith(f"{latin1}: not UTF-8 text")
+    assert "byte 0xe9 at offset" in message

@@ -29,6 +29,11 @@ class ManifestError(ValueError):
     """The manifest cannot be used; the message names the file and field (exit 2)."""
 
 
+class DataDirError(Exception):
+    """The data directory (or a file in it) cannot be written; the message names the path
+    and the OS error (exit 1, nothing started)."""
+
+
 # ---------------------------------------------------------------- manifest
 
 
@@ -131,10 +136,25 @@ class LocalCluster:
         uses = [u for n in self.nodes for u in n.port_uses()]
         return uses + (self.client.port_uses() if self.client else [])
 
+    def make_data_dir(self) -> None:
+        """Create the data directory before anything starts, so a bad --data-dir is one
+        line rather than a traceback (or a child failing later on its storage)."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise DataDirError(f"cannot create data directory {self.data_dir}: "
+                               "it exists and is not a directory") from None
+        except OSError as e:
+            raise DataDirError(f"cannot create data directory {self.data_dir}: "
+                               f"{e.strerror or e}") from None
+
     def write_configs(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.make_data_dir()
         for node in self.nodes:
-            node.config_path.write_text(render_toml(node.config), encoding="utf-8")
+            try:
+                node.config_path.write_text(render_toml(node.config), encoding="utf-8")
+            except OSError as e:
+                raise DataDirError(f"cannot write {node.config_path}: {e.strerror or e}") from None
 
     def phases(self) -> list[list[ProcessSpec]]:
         """Start order: the datacenters together, then the relayer (it follows them),

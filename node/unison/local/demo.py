@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unison.local.cluster import (
+    DataDirError,
     LocalCluster,
     ManifestError,
     display_path,
@@ -325,6 +326,14 @@ def main(argv: list[str]) -> int:
     if problem:
         print(f"unison demo: {source}: {problem}", file=sys.stderr)
         return 2
+    if args.data_dir is not None:
+        # before the banner: a bad --data-dir is one line, not a traceback mid-demo
+        # (without the option the demo makes a temporary directory itself)
+        try:
+            cluster.make_data_dir()
+        except DataDirError as e:
+            print(f"unison demo: {e}; nothing was started", file=sys.stderr)
+            return 1
     assert cluster.client is not None and cluster.relayer is not None
 
     stop = StopRequest()
@@ -395,6 +404,10 @@ def main(argv: list[str]) -> int:
             return 130
         failed = True
         report_start_failure(console, failure)
+        return 1
+    except DataDirError as e:  # writing the configs, before anything starts
+        failed = True
+        print(f"unison demo: {e}; nothing was started", file=sys.stderr)
         return 1
     except Interrupted:
         c.line("Interrupted.")

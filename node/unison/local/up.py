@@ -17,6 +17,7 @@ from types import FrameType
 from unison.local.cluster import (
     DEFAULT_CLIENT_PORT,
     READY_TIMEOUT,
+    DataDirError,
     LocalCluster,
     ManifestError,
     display_path,
@@ -76,7 +77,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def prepare(args: argparse.Namespace, prog: str) -> LocalCluster | int:
-    """Manifest -> checked local plan, or an exit code after printing why not."""
+    """Manifest -> checked local plan with its configs written, or an exit code after
+    printing why not."""
     try:
         manifest = load_manifest(args.file)
         cluster = plan_local(manifest, args.file, data_dir=args.data_dir,
@@ -92,6 +94,11 @@ def prepare(args: argparse.Namespace, prog: str) -> LocalCluster | int:
             print(f"  - {problem}", file=sys.stderr)
         print("  Stop whatever holds the port (another `unison up`?), or run beside it with "
               "--port-offset N.", file=sys.stderr)
+        return 1
+    try:
+        cluster.write_configs()
+    except DataDirError as e:
+        print(f"{prog}: {e}; nothing was started", file=sys.stderr)
         return 1
     return cluster
 
@@ -127,7 +134,6 @@ def main(argv: list[str]) -> int:
     group = ProcessGroup(console)
     stop.group = group
 
-    cluster.write_configs()
     console.line(console.bold(f"Starting cluster {cluster.name!r} from {args.file}") +
                  f" (data in {display_path(cluster.data_dir)})")
     try:
