@@ -1,31 +1,45 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv if missing.
+# `make demo` installs only the runtime dependencies: the test extras (helm-python-sdk is
+# ~250 MB with manylinux-only wheels, kmock, ...) and matplotlib must not stop a laptop
+# from seeing the demo. Each install has its own stamp, redone when pyproject.toml changes.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
 
 .PHONY: demo test lint protos bench image clean
 
-$(STAMP): pyproject.toml
+define venv
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,bench]'
-	@touch $(STAMP)
+endef
 
-demo: $(STAMP)
+$(RUNTIME_STAMP): pyproject.toml
+	$(venv)
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+# the extras include the runtime dependencies, so the runtime stamp is good too
+$(DEV_STAMP): pyproject.toml
+	$(venv)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@touch $@ $(RUNTIME_STAMP)
+
+demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/unison demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-protos: $(STAMP)
+protos: $(DEV_STAMP)
 	$(PY) scripts/gen_protos.py
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) -m bench.run
 
 image:
