@@ -341,11 +341,17 @@ def _parse(data: dict[str, Any], source: str) -> NodeConfig:
     )
     if not cfg.storage.namespaces:
         raise ConfigError("storage_config.namespaces: at least one namespace is required")
-    # UnisonDB options with no meaning here: accepted, noted at debug level.
-    for k in ("disable_entry_type_check", "wal_fsync_interval"):
+    # UnisonDB options with no meaning here: accepted, noted at debug level. bytes_per_sync
+    # maps to RocksDB's option of that name and max_age/max_records to log retention;
+    # RocksDB has no WAL segments or memtable arena of UnisonDB's kind.
+    for k in ("disable_entry_type_check", "wal_fsync_interval", "segment_size", "arena_size"):
         if k in s.data:
             s.seen.add(k)
             log.debug("config: storage_config.%s has no effect in this implementation", k)
+    for k in ("min_segments", "max_segments"):
+        if k in w.data:
+            log.debug("config: storage_config.wal_cleanup_config.%s has no effect in this "
+                      "implementation (retention is by max_age / max_records)", k)
     w.warn_unknown()
     s.warn_unknown()
 

@@ -58,9 +58,12 @@ class NodeContext:
         """(ready?, reasons it is not)."""
         reasons = [f"namespace {ns}: storage closed" for ns, s in self.stores.items() if s.closed]
         reasons += [s.failed for s in self.stores.values() if s.failed is not None]
-        reasons += [f"namespace {ns}: follower not caught up with "
-                    f"{f.status().get('upstream', 'upstream')}"
-                    for ns, f in self.followers.items() if not f.caught_up]
+        for ns, f in self.followers.items():
+            st = f.status()  # one snapshot, so the verdict and its reason agree
+            if not st.get("caught_up", f.caught_up):
+                reason = (st.get("not_ready_reason")
+                          or f"follower not caught up with {st.get('upstream', 'upstream')}")
+                reasons.append(f"namespace {ns}: {reason}")
         return not reasons, reasons
 
 

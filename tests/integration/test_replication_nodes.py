@@ -217,3 +217,68 @@ def test_two_hops_dc1_to_relayer_a_to_relayer_b(
     assert_identical(relay_a, relay_b, DC1)
     relay_b.wait_ready()
     assert relay_b.put(DC1, "k", "v")[0] == 403
+
+
+def _readyz(node: NodeProcess) -> tuple[int, dict[str, Any]]:
+    status, body = node.api("GET", "/readyz", timeout=5)
+    assert isinstance(body, dict), (status, body)
+    return status, body
+
+
+def _follower_metrics(node: NodeProcess, labels: str) -> dict[str, str]:
+    """unison_follower_* samples (and unison_ready) with these labels: name -> value."""
+    status, text = node.api("GET", "/metrics")
+    assert status == 200 and isinstance(text, str), (status, text)
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("unison_ready "):
+            out["unison_ready"] = line.split()[-1]
+        elif line.startswith("unison_follower_") and labels in line:
+            out[line.split("{", 1)[0]] = line.rsplit(" ", 1)[1]
+    return out
+
+
+def test_relayer_is_not_ready_while_its_upstream_is_gone_and_ready_again_after(
+        tmp_path: Path, nodes: dict[str, NodeProcess]) -> None:
+    c = _seed(tmp_path, nodes, ["dc1"])
+    dc1, relayer = c["dc1"], c["relayer"]
+    relayer.config.relayers[0].segment_lag_threshold = 5
+    dc1.start()
+    relayer.start()
+    write_batches(dc1, DC1, 50, "before-")
+    wait_for(lambda: converged(dc1, relayer, DC1), what="initial sync", nodes=(relayer,))
+    wait_for(lambda: _readyz(relayer)[0] == 200, what="relayer ready", nodes=(relayer,))
+
+    # Upstream gone: the last reported lag is 0, but the data is going stale.
+    dc1.kill9()
+    wait_for(lambda: _readyz(relayer)[0] == 503, within=20, what="relayer not ready",
+             nodes=(relayer,))
+    _, body = _readyz(relayer)
+    upstream = f"upstream dc1 ({HOST}:{dc1.grpc_port}) unreachable: disconnected for"
+    assert any(r.startswith(f"namespace {DC1}: {upstream}") for r in body["reasons"]), body
+    follower = stats(relayer, DC1)["follower"]
+    assert follower["connected"] is False and follower["caught_up"] is False, follower
+    assert follower["disconnected_seconds"] > 0 and upstream in follower["not_ready_reason"]
+    labels = f'namespace="{DC1}",upstream="{HOST}:{dc1.grpc_port}"'
+    m = _follower_metrics(relayer, labels)
+    assert m["unison_ready"] == "0" and m["unison_follower_caught_up"] == "0", m
+    assert m["unison_follower_connected"] == "0" and float(m["unison_follower_disconnected_seconds"]) > 0
+
+    # Back, with more writes than the threshold: the relayer reconnects, catches up, is ready.
+    dc1.start()
+    write_batches(dc1, DC1, 100, "after-")
+    wait_for(lambda: converged(dc1, relayer, DC1), what="catch-up after restart",
+             nodes=(relayer, dc1))
+    wait_for(lambda: _readyz(relayer)[0] == 200, what="relayer ready again", nodes=(relayer,))
+    assert _readyz(relayer)[1] == {"ready": True, "reasons": []}
+    follower = stats(relayer, DC1)["follower"]
+    assert follower["connected"] is True and follower["caught_up"] is True, follower
+    assert follower["upstream_lsn"] == follower["applied_lsn"] == offset(dc1, DC1) == 150
+    assert follower["lag_records"] == 0 and follower["lag_seconds"] == 0.0
+    assert follower["segment_lag_threshold"] == 5 and follower["not_ready_reason"] is None
+    assert follower["disconnected_seconds"] is None and follower["reconnects"] >= 1
+    m = _follower_metrics(relayer, labels)
+    assert m["unison_ready"] == "1" and m["unison_follower_caught_up"] == "1", m
+    assert m["unison_follower_lag_records"] == "0" and float(m["unison_follower_lag_seconds"]) == 0
+    assert m["unison_follower_segment_lag_threshold"] == "5" and m["unison_follower_connected"] == "1"
+    assert "unison_follower_disconnected_seconds" not in m  # only while disconnected

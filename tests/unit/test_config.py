@@ -383,3 +383,18 @@ def test_render_is_stable() -> None:
     cfg = parse_config(MINIMAL, "x.toml")
     assert render_toml(cfg) == render_toml(round_trip(cfg))
     assert dataclasses.replace(round_trip(cfg), source="x.toml") == cfg
+
+
+def test_accepted_but_unused_storage_keys_are_noted_at_debug(
+        caplog: pytest.LogCaptureFixture) -> None:
+    doc = with_(MINIMAL, storage_config={"segment_size": "16MB", "arena_size": "4MB",
+                                         "bytes_per_sync": "1MB",
+                                         "wal_cleanup_config": {"min_segments": 5}})
+    with caplog.at_level(logging.DEBUG, logger="unison.config"):
+        parse_config(doc, "x.toml")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    debug = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+    for key in ("storage_config.segment_size", "storage_config.arena_size",
+                "storage_config.wal_cleanup_config.min_segments"):
+        assert f"{key} has no effect" in debug, debug
+    assert "bytes_per_sync" not in debug  # it has a RocksDB meaning

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,31 @@ async def test_tail_serves_whole_durable_commits_and_starts_over_on_a_snapshot(
         tail.unsubscribe()
     finally:
         await store.close()
+
+
+def test_a_lost_upstream_stops_counting_as_caught_up_after_the_grace(tmp_path: Path) -> None:
+    f = _follower(tmp_path, threshold=10)
+    f.upstream_lsn = 0  # the upstream's last word: nothing to catch up on
+    assert f.caught_up and f.status()["not_ready_reason"] is None
+    f.disconnected_since = time.monotonic()  # just lost: a reconnect may fix it at once
+    assert f.caught_up
+    f.disconnected_since = time.monotonic() - f.disconnect_grace_s - 0.5
+    f.last_error = "UNAVAILABLE: connection refused"
+    assert not f.caught_up
+    reason = f.not_ready_reason()
+    assert reason is not None and reason.startswith(
+        "upstream dc1 (127.0.0.1:1) unreachable: disconnected for "), reason
+    assert reason.endswith("; last error: UNAVAILABLE: connection refused"), reason
+    st = f.status()
+    assert st["caught_up"] is False and st["not_ready_reason"] == reason
+    assert st["disconnected_seconds"] > f.disconnect_grace_s
+
+
+def test_not_ready_reasons_name_the_upstream(tmp_path: Path) -> None:
+    f = _follower(tmp_path, threshold=10)
+    assert f.not_ready_reason() == "upstream dc1 (127.0.0.1:1): waiting for the first message"
+    f.disconnected_since = time.monotonic()  # the first attempt failed: no grace, never spoke
+    assert f.not_ready_reason() == "upstream dc1 (127.0.0.1:1) unreachable: never reached since start"
+    f.disconnected_since, f.upstream_lsn = None, 11
+    assert f.not_ready_reason() == ("11 records behind upstream dc1 (127.0.0.1:1) "
+                                    "(segment_lag_threshold 10)")

@@ -4,8 +4,10 @@ retention, replication apply (CRC, order) and snapshot install."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from unison.storage import (
@@ -136,6 +138,73 @@ async def test_a_failed_sync_stops_writes_until_a_restart(tmp_path: Path) -> Non
         assert lsn == store.last_lsn and lsn > 1  # continues after whatever is on disk
         assert [r.lsn for r in store.read_log(1)] == list(range(1, lsn + 1))
     finally:
+        await store.close()
+
+
+class _SyncGate:
+    """Stands in front of the real Rdict inside _write_sync: every call goes to RocksDB, but
+    a synced WAL flush first waits for the test, so "acknowledged before durable" shows."""
+
+    def __init__(self, db: Any, store: GatedSyncStore) -> None:
+        self._db = db
+        self._store = store
+
+    def write(self, wb: Any, opts: Any) -> None:
+        self._db.write(wb, opts)
+
+    def flush_wal(self, sync: bool) -> None:
+        st = self._store
+        st.flush_calls.append(sync)
+        st.in_sync.set()
+        if not st.release.wait(30):
+            raise TimeoutError("test never released the WAL sync")
+        self._db.flush_wal(sync)
+        st.synced.set()
+
+
+class GatedSyncStore(NamespaceStore):
+    """A real store whose WAL sync blocks until the test releases it (threading.Event:
+    the sync runs on the store's RocksDB thread, not on the event loop)."""
+
+    def __init__(self, name: str, path: Path) -> None:
+        super().__init__(name, path)
+        self.in_sync = threading.Event()  # a synced flush has begun
+        self.release = threading.Event()  # the test lets it proceed
+        self.synced = threading.Event()  # the real flush_wal(True) has returned
+        self.flush_calls: list[bool] = []
+
+    def _write_sync(self, db: Any, wb: Any) -> None:
+        super()._write_sync(_SyncGate(db, self), wb)
+
+
+async def test_a_put_is_acknowledged_only_after_its_wal_sync_returns(tmp_path: Path) -> None:
+    """kill -9 cannot show this (the page cache survives a process kill); holding the sync can:
+    while the batch sits in RocksDB unsynced, no writer in it may have its answer."""
+    store = GatedSyncStore("ns", tmp_path / "ns").open()
+    store.start()
+    try:
+        single = asyncio.ensure_future(store.put(b"k", b"v"))
+        group = [asyncio.ensure_future(store.put(f"g{i}".encode(), b"v")) for i in range(8)]
+        batch = asyncio.ensure_future(store.write([Mutation(Op.PUT, b"b1", b"1"),
+                                                   Mutation(Op.DELETE, b"b2")]))
+        writes = [single, *group, batch]
+        assert await asyncio.to_thread(store.in_sync.wait, 10), "no synced flush started"
+        assert store.flush_calls == [True]  # the commit path asks for a synced WAL flush
+        await asyncio.sleep(0.2)  # give a premature acknowledgement every chance to happen
+        assert not any(w.done() for w in writes)
+        assert store.last_lsn == 0  # and nothing is advertised to followers either
+
+        acked_after_sync: list[bool] = []
+        for w in writes:
+            w.add_done_callback(lambda _: acked_after_sync.append(store.synced.is_set()))
+        store.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*writes), 10)
+        assert acked_after_sync == [True] * len(writes)
+        assert sorted([results[0], *results[1:-1], *results[-1]]) == list(range(1, 12))
+        assert store.last_lsn == 11 and all(store.flush_calls)
+        assert len(store.flush_calls) == store.stats.commits
+    finally:
+        store.release.set()
         await store.close()
 
 
@@ -336,3 +405,22 @@ async def test_interrupted_snapshot_install_restarts_empty(tmp_path: Path) -> No
         assert s.get(b"half") is None and s.get(b"old") is None
     finally:
         await s.close()
+
+
+async def test_bytes_per_sync_reaches_rocksdb(tmp_path: Path) -> None:
+    """storage_config.bytes_per_sync has a RocksDB meaning; RocksDB's own OPTIONS file shows it."""
+    def db_option(path: Path, name: str) -> str:
+        newest = max(path.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+        values = [line.split("=", 1)[1] for line in newest.read_text().splitlines()
+                  if line.strip().startswith(f"{name}=")]
+        assert values, f"{name} not in {newest}"
+        return values[0]
+
+    tuned = NamespaceStore("tuned", tmp_path / "tuned", bytes_per_sync=2 * 1024 * 1024).open()
+    plain = NamespaceStore("plain", tmp_path / "plain").open()
+    try:
+        assert db_option(tmp_path / "tuned", "bytes_per_sync") == str(2 * 1024 * 1024)
+        assert db_option(tmp_path / "plain", "bytes_per_sync") == "0"
+    finally:
+        await tuned.close()
+        await plain.close()

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 # Decoded batches waiting to be applied, and how many records one write may combine.
 QUEUE_DEPTH = 16
 COALESCE_RECORDS = 20_000
+# How long a lost upstream may stay lost before the follower stops counting as caught up:
+# long enough to ride out a reconnect after an upstream restart (backoff starts at 50 ms),
+# short enough that /readyz soon tells a load balancer the data is going stale.
+DISCONNECT_GRACE_S = 2.0
 
 
 class _Refused(Exception):
@@ -55,7 +59,8 @@ _Item = _Batch | _End | pb.StreamResponse
 class Follower:
     def __init__(self, store: NamespaceStore, upstream: UpstreamConfig, *,
                  backoff_base_s: float = 0.05, backoff_cap_s: float = 2.0,
-                 idle_timeout_s: float = 10.0, name: str = "") -> None:
+                 idle_timeout_s: float = 10.0, disconnect_grace_s: float = DISCONNECT_GRACE_S,
+                 name: str = "") -> None:
         self.store = store
         self.upstream = upstream
         self.namespace = store.name
@@ -64,6 +69,7 @@ class Follower:
         # Heartbeats arrive every second on an idle stream; silence this long means the
         # connection is dead even if TCP has not noticed.
         self.idle_timeout_s = idle_timeout_s
+        self.disconnect_grace_s = disconnect_grace_s
         self.name = name or f"{upstream.name}/{store.name}"
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -71,6 +77,8 @@ class Follower:
         self.connected = False
         self.upstream_lsn: int | None = None  # unknown until the upstream first speaks
         self.last_contact: float | None = None  # monotonic time of the last message
+        # Monotonic time the upstream was lost (or first failed); None while streaming.
+        self.disconnected_since: float | None = None
         self.last_applied_ts_ms = 0  # origin commit time of the newest applied record
         self.last_sent_ms = 0
         self.attempts = 0
@@ -129,12 +137,42 @@ class Follower:
         return max(0.0, (now_ms() - since) / 1000) if since else None
 
     @property
+    def disconnected_seconds(self) -> float | None:
+        """How long the upstream has been lost; None while streaming from it."""
+        if self.disconnected_since is None:
+            return None
+        return time.monotonic() - self.disconnected_since
+
+    @property
     def caught_up(self) -> bool:
-        """Lag known (the upstream spoke since start) and within segment_lag_threshold."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why this follower is not caught up, naming its upstream; None when it is.
+
+        Caught up = connected (or lost for at most disconnect_grace_s) with a known lag within
+        segment_lag_threshold. The lag alone is not enough: upstream_lsn is the last value the
+        upstream reported, so without this check a lost upstream would look caught up forever.
+        """
+        up = self.upstream
+        where = f"upstream {up.name} ({up.upstream_address})"
+        lost = self.disconnected_seconds
+        if lost is not None and (lost > self.disconnect_grace_s or self.upstream_lsn is None):
+            since = ("never reached since start" if self.upstream_lsn is None
+                     else f"disconnected for {lost:.1f}s")
+            error = f"; last error: {self.last_error}" if self.last_error else ""
+            return f"{where} unreachable: {since}{error}"
         lag = self.lag_records
-        return lag is not None and lag <= self.upstream.segment_lag_threshold
+        if lag is None:
+            return f"{where}: waiting for the first message"
+        if lag > up.segment_lag_threshold:
+            return (f"{lag} records behind {where} (segment_lag_threshold "
+                    f"{up.segment_lag_threshold})")
+        return None
 
     def status(self) -> dict[str, Any]:
+        reason = self.not_ready_reason()
+        lost = self.disconnected_seconds
         return {
             "name": self.upstream.name,
             "upstream": self.upstream.upstream_address,
@@ -145,7 +183,9 @@ class Follower:
             "lag_records": self.lag_records,
             "lag_seconds": self.lag_seconds,
             "segment_lag_threshold": self.upstream.segment_lag_threshold,
-            "caught_up": self.caught_up,
+            "caught_up": reason is None,
+            "not_ready_reason": reason,
+            "disconnected_seconds": None if lost is None else round(lost, 3),
             "last_contact_seconds_ago": (None if self.last_contact is None
                                          else round(time.monotonic() - self.last_contact, 3)),
             "connect_attempts": self.attempts,
@@ -193,6 +233,8 @@ class Follower:
                 reason = f"{type(e).__name__}: {e}"
             finally:
                 self.connected = False
+                if self.disconnected_since is None:  # kept across failed reconnects
+                    self.disconnected_since = time.monotonic()
                 await self._close_channel()
             if self._snapshot_open:
                 # A half-loaded snapshot must not be mistaken for data: start clean.
@@ -251,6 +293,7 @@ class Follower:
                     return
                 if not self.connected:
                     self.connected = True
+                    self.disconnected_since = None
                     log.info("replication: streaming namespace %s from %s (from lsn %d)",
                              self.namespace, self.upstream.upstream_address, from_lsn)
                 self.last_contact = time.monotonic()

@@ -86,20 +86,27 @@ def _records_of(group: list[_Pending], lsn: int, ts: int) -> list[Record]:
     return out
 
 
-def _options() -> Options:
+def _options(bytes_per_sync: int = 0) -> Options:
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
+    if bytes_per_sync:
+        # storage_config.bytes_per_sync: RocksDB syncs SST files incrementally every this
+        # many bytes, so a flush or compaction does not end in one large fsync. (The WAL
+        # is synced on every commit anyway.)
+        opts.set_bytes_per_sync(bytes_per_sync)
     return opts
 
 
 class NamespaceStore:
     """Storage for one namespace. Reads are synchronous; writes are awaited until durable."""
 
-    def __init__(self, name: str, path: str | Path, *, sync: bool = True) -> None:
+    def __init__(self, name: str, path: str | Path, *, sync: bool = True,
+                 bytes_per_sync: int = 0) -> None:
         self.name = name
         self.path = Path(path)
         self.sync = sync
+        self.bytes_per_sync = bytes_per_sync  # 0: RocksDB's default (off)
         self.stats = StoreStats()
         self.last_lsn = 0
         self.first_lsn = 1  # oldest LSN still in the log (== last_lsn + 1 when empty)
@@ -121,8 +128,9 @@ class NamespaceStore:
 
     def open(self) -> NamespaceStore:
         self.path.mkdir(parents=True, exist_ok=True)
-        cfs = {DATA_CF: _options(), LOG_CF: _options()}
-        self._db = Rdict(str(self.path), _options(), column_families=cfs,
+        opts = _options(self.bytes_per_sync)
+        cfs = {DATA_CF: _options(self.bytes_per_sync), LOG_CF: _options(self.bytes_per_sync)}
+        self._db = Rdict(str(self.path), opts, column_families=cfs,
                          access_type=AccessType.read_write())
         self._data = self._db.get_column_family(DATA_CF)
         self._log = self._db.get_column_family(LOG_CF)
