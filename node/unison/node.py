@@ -93,7 +93,8 @@ class Node:
         base = Path(cfg.storage.base_dir)
         for ns in cfg.storage.namespaces:
             try:
-                self.stores[ns] = NamespaceStore(ns, base / ns).open()
+                self.stores[ns] = NamespaceStore(
+                    ns, base / ns, bytes_per_sync=cfg.storage.bytes_per_sync).open()
             except Exception as e:
                 raise StartupError(f"namespace {ns}: cannot open storage in {base / ns}: {e}") from e
             self.stores[ns].start()
