@@ -92,13 +92,17 @@ def sts_storage(k8s: Any, name: str) -> str:
     return claim["spec"]["resources"]["requests"]["storage"]
 
 
-async def test_storage_change_and_new_datacenter_update_the_children(k8s: Any) -> None:
-    # The PVC the StatefulSet controller would have made for dc1's pod.
+def add_dc1_claim(k8s: Any) -> None:
+    """The PVC the StatefulSet controller would have made for dc1's pod."""
     k8s.objects["v1/persistentvolumeclaims", NS, "data-ad-campaign-dc1-0"] = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": "data-ad-campaign-dc1-0", "namespace": NS},
         "spec": {"accessModes": ["ReadWriteOnce"],
                  "resources": {"requests": {"storage": "1Gi"}}}}
+
+
+async def test_storage_change_and_new_datacenter_update_the_children(k8s: Any) -> None:
+    add_dc1_claim(k8s)
     doc = example()
     async with running_operator(k8s):
         await create(k8s, doc)

@@ -16,8 +16,15 @@ from unison_operator.kube import USER_AGENT
 
 from tests.unit.test_chart import grants, objects, of_kind
 
-from .conftest import NS, ApiServerEmulator, eventually, example, live, running_operator
-from .test_operator import all_children, cluster_status, create, patch_cluster, set_ready
+from .conftest import ApiServerEmulator, eventually, example, live, running_operator
+from .test_operator import (
+    add_dc1_claim,
+    all_children,
+    cluster_status,
+    create,
+    patch_cluster,
+    set_ready,
+)
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -54,11 +61,7 @@ def call_of(request: Any) -> tuple[str, str, str]:
 
 
 async def test_every_call_of_a_whole_life_cycle_is_granted_by_the_chart(k8s: Any) -> None:
-    k8s.objects["v1/persistentvolumeclaims", NS, "data-ad-campaign-dc1-0"] = {
-        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "data-ad-campaign-dc1-0", "namespace": NS},
-        "spec": {"accessModes": ["ReadWriteOnce"],
-                 "resources": {"requests": {"storage": "1Gi"}}}}
+    add_dc1_claim(k8s)
     doc = example()
     async with running_operator(k8s):
         await create(k8s, doc)

@@ -309,30 +309,30 @@ def test_load_config_reports_unreadable_and_invalid_files(tmp_path: Path) -> Non
         load_config(latin1)
 
 
+def config_error_line(cfg: Path) -> str:
+    """Start a replicator with `cfg` as a user would: exit 2, one line, no traceback."""
+    proc = subprocess.run([sys.executable, "-m", "unison.cli", "node", "-config", str(cfg),
+                           "replicator"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
 def test_non_utf8_config_exits_2_with_one_line_over_the_cli(tmp_path: Path) -> None:
     """The real command: no traceback, exit code 2, one line naming the file and the problem."""
     cfg = tmp_path / "dc1.toml"
     cfg.write_bytes(b'http_port = 8001\n[storage_config]\nbase_dir = "/tmp/d\xff"\n'
                     b'namespaces = ["ns1"]\n')
-    proc = subprocess.run([sys.executable, "-m", "unison.cli", "node", "-config", str(cfg),
-                           "replicator"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert str(cfg) in lines[0] and "not UTF-8" in lines[0] and "0xff" in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
+    line = config_error_line(cfg)
+    assert str(cfg) in line and "not UTF-8" in line and "0xff" in line, line
 
 
 def test_grpc_port_without_tls_or_allow_insecure_exits_2_over_the_cli(tmp_path: Path) -> None:
     cfg = tmp_path / "dc1.toml"
     cfg.write_text(f'http_port = 8001\n[grpc_config]\nport = 4001\n[storage_config]\n'
                    f'base_dir = "{tmp_path / "data"}"\nnamespaces = ["ns1"]\n')
-    proc = subprocess.run([sys.executable, "-m", "unison.cli", "node", "-config", str(cfg),
-                           "replicator"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0] == (f"unison node: {cfg}: grpc_config.cert_path: required when "
+    assert config_error_line(cfg) == (f"unison node: {cfg}: grpc_config.cert_path: required when "
                         "allow_insecure = false (the default); set allow_insecure = true for "
                         "plaintext gRPC")
     assert not (tmp_path / "data").exists()  # refused before anything was opened
