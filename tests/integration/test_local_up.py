@@ -388,3 +388,21 @@ def test_a_dead_child_is_reported_and_nothing_outlives_a_killed_up(tmp_path: Pat
     while busy_ports(offset) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert busy_ports(offset) == []
+
+
+def test_sigterm_stops_every_process_like_ctrl_c(tmp_path: Path) -> None:
+    """What a service manager or `kill` sends: the same clean stop as Ctrl-C."""
+    offset = free_offset()
+    up = Running([str(EXAMPLE), "--data-dir", str(tmp_path / "data"), "--port-offset",
+                  str(offset), "--no-logs"], cwd=tmp_path)
+    try:
+        up.wait_for("Ctrl-C stops it")
+        code = up.stop(signal.SIGTERM)
+    finally:
+        if up.proc.poll() is None:
+            up.stop(signal.SIGKILL)
+    assert code == 0, up.output[-4000:]
+    for name in ("dc1", "dc2", "relayer", "client"):
+        assert f"{name} stopped" in up.output
+    assert processes_mentioning(str(tmp_path)) == []
+    assert busy_ports(offset) == []
