@@ -73,13 +73,32 @@ def offset(node: NodeProcess) -> int:
     return body["lsn"]
 
 
+def wal_helpers_of(tmp_path: Path) -> list[int]:
+    """Pids of WAL sync helper processes syncing a directory under tmp_path."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(b"wal_sync.py") for a in argv) and str(tmp_path).encode() in b" ".join(argv):
+            pids.append(int(entry.name))
+    return pids
+
+
 async def test_acknowledged_writes_survive_kill9_and_lsn_continues(tmp_path: Path) -> None:
     node = node_in(tmp_path).start()
     count = 2000
     keys = [f"k:{i:05d}" for i in range(count)]
     acked = await put_all(node.http_port, keys)
+    assert len(wal_helpers_of(tmp_path)) == 1  # the namespace's WAL is synced by a helper
     node.kill9()  # right after the last acknowledgement: no clean shutdown, no flush
     assert acked == set(keys)
+    for _ in range(200):  # the helper sees its socket close and exits: nothing left behind
+        if not wal_helpers_of(tmp_path):
+            break
+        await asyncio.sleep(0.05)
+    assert wal_helpers_of(tmp_path) == []
 
     node.start()
     items = all_items(node)

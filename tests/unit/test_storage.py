@@ -23,8 +23,8 @@ from unison.storage import (
 from unison.storage.records import now_ms
 
 
-def open_store(path: Path, name: str = "ns") -> NamespaceStore:
-    store = NamespaceStore(name, path / name).open()
+def open_store(path: Path, name: str = "ns", *, sync_helper: bool = True) -> NamespaceStore:
+    store = NamespaceStore(name, path / name, sync_helper=sync_helper).open()
     store.start()
     return store
 
@@ -112,8 +112,9 @@ async def test_closed_store_refuses_writes(tmp_path: Path) -> None:
 
 async def test_a_failed_sync_stops_writes_until_a_restart(tmp_path: Path) -> None:
     """A batch whose sync failed may still reach disk under LSNs the next batch would reuse:
-    the store refuses writes (nothing acknowledged) and a reopen starts from what is stored."""
-    store = open_store(tmp_path)
+    the store refuses writes (nothing acknowledged) and a reopen starts from what is stored.
+    (In-process sync; test_wal_sync.py fails the helper's.)"""
+    store = open_store(tmp_path, sync_helper=False)
     await store.put(b"kept", b"1")
     real = store._write_sync
 
@@ -163,11 +164,12 @@ class _SyncGate:
 
 
 class GatedSyncStore(NamespaceStore):
-    """A real store whose WAL sync blocks until the test releases it (threading.Event:
-    the sync runs on the store's RocksDB thread, not on the event loop)."""
+    """A real store, syncing in-process, whose WAL sync blocks until the test releases it
+    (threading.Event: the sync runs on the store's RocksDB thread, not on the event loop).
+    test_wal_sync.py holds the helper process's sync instead."""
 
     def __init__(self, name: str, path: Path) -> None:
-        super().__init__(name, path)
+        super().__init__(name, path, sync_helper=False)
         self.in_sync = threading.Event()  # a synced flush has begun
         self.release = threading.Event()  # the test lets it proceed
         self.synced = threading.Event()  # the real flush_wal(True) has returned

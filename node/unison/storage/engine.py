@@ -3,7 +3,8 @@
 Every mutation gets the next LSN of its namespace and is written with its log record in
 one WriteBatch, so data and log never disagree. Writers are group-committed: a single
 writer task takes everything that queued up while the previous batch was syncing,
-writes it as one batch, syncs the WAL once, then acknowledges all of it.
+writes it as one batch, syncs the WAL once, then acknowledges all of it. The sync runs
+in a helper process (see wal_sync.py); without one, in a thread of this process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from unison.storage.records import CorruptRecord, Op, Record, encode_record, lsn_key, lsn_of, now_ms
+from unison.storage.wal_sync import WalSyncer, WalSyncerGone
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,12 @@ class NamespaceStore:
     """Storage for one namespace. Reads are synchronous; writes are awaited until durable."""
 
     def __init__(self, name: str, path: str | Path, *, sync: bool = True,
-                 bytes_per_sync: int = 0) -> None:
+                 bytes_per_sync: int = 0, sync_helper: bool = True) -> None:
         self.name = name
         self.path = Path(path)
         self.sync = sync
+        self.sync_helper = sync and sync_helper  # False: the fsync runs in a thread here
+        self._syncer: WalSyncer | None = None
         self.bytes_per_sync = bytes_per_sync  # 0: RocksDB's default (off)
         self.stats = StoreStats()
         self.last_lsn = 0
@@ -118,7 +122,7 @@ class NamespaceStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rocks-{name}")
         self._writer: asyncio.Task[None] | None = None
         self._listeners: list[CommitListener] = []
-        self._wopts = WriteOptions()
+        self._wopts = WriteOptions()  # sync=False: the WAL is synced after the write
         # Set when a commit fails: its batch may be in RocksDB's memtable (and may still
         # reach disk) with LSNs the next batch would reuse, so no further write is taken
         # until a restart recovers the LSN from what is really on disk.
@@ -153,6 +157,14 @@ class NamespaceStore:
         return self
 
     def start(self) -> None:
+        if self.sync_helper and self._syncer is None:
+            try:
+                self._syncer = WalSyncer.spawn(str(self.path))
+                log.info("namespace %s: WAL of %s synced by helper process %d", self.name,
+                         self.path, self._syncer.proc.pid)
+            except OSError as e:
+                log.warning("namespace %s: cannot start the WAL sync helper (%s); syncing "
+                            "in-process", self.name, e)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_loop(), name=f"writer-{self.name}")
@@ -170,6 +182,9 @@ class NamespaceStore:
                 pass
             self._writer = None
         async with self._lock:
+            if self._syncer is not None:
+                await self._syncer.close()
+                self._syncer = None
             if self._db is not None:
                 db, self._db = self._db, None
                 # Column family handles keep the database (and its LOCK file) alive.
@@ -326,8 +341,7 @@ class NamespaceStore:
                 return
             wb.put(META_LAST_LSN, _U64.pack(last))
             try:
-                await asyncio.get_running_loop().run_in_executor(self._executor,
-                                                                 self._write_sync, db, wb)
+                await self._durable_write(db, wb)
             except Exception as e:  # nothing here is acknowledged; stop taking writes
                 self._fail(f"commit of {last - first + 1} records failed: {e}")
                 for _, fut in group + self._queue:
@@ -376,8 +390,7 @@ class NamespaceStore:
                 raise StoreClosed(self.failed)
             db = self._require()
             try:
-                await asyncio.get_running_loop().run_in_executor(self._executor,
-                                                                 self._write_sync, db, wb)
+                await self._durable_write(db, wb)
             except Exception as e:
                 self._fail(f"commit of {len(records)} records failed: {e}")
                 raise StoreClosed(self.failed) from e
@@ -393,6 +406,27 @@ class NamespaceStore:
         self.failed = (f"namespace {self.name}: {what}; writes are refused until the node "
                        "restarts and recovers from its log")
         log.error("%s", self.failed)
+
+    async def _durable_write(self, db: Rdict, wb: WriteBatch) -> None:
+        """Write `wb`; return once it is on stable storage (or raise: nothing is durable
+        that the caller may acknowledge)."""
+        syncer = self._syncer
+        if syncer is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sync,
+                                                             db, wb)
+            return
+        # On the loop: write() keeps the GIL for its duration wherever it runs. When it
+        # returns, RocksDB has handed the WAL records to the kernel; the helper syncs them.
+        db.write(wb, self._wopts)
+        try:
+            await syncer.sync()
+        except WalSyncerGone as e:
+            log.warning("namespace %s: %s; syncing the WAL in-process from now on",
+                        self.name, e)
+            self._syncer = None
+            await syncer.close()
+            # RocksDB still counts the WAL as unsynced, so this syncs what the helper did not.
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.flush_wal, True)
 
     def _write_sync(self, db: Rdict, wb: WriteBatch) -> None:
         # write() keeps the GIL for its duration; flush_wal(sync) releases it while the
@@ -473,8 +507,7 @@ class NamespaceStore:
         wb.delete(META_SNAPSHOT_PENDING)
         async with self._lock:
             db = self._require()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sync,
-                                                             db, wb)
+            await self._durable_write(db, wb)
             self.last_lsn = lsn
             self.first_lsn = lsn + 1
         self.stats.snapshots_installed += 1
@@ -493,8 +526,7 @@ class NamespaceStore:
         wb.put(META_FIRST_LSN, _U64.pack(before_lsn))
         async with self._lock:
             db = self._require()
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sync,
-                                                             db, wb)
+            await self._durable_write(db, wb)
             dropped = before_lsn - self.first_lsn
             self.first_lsn = before_lsn
         self.stats.trimmed_records += dropped
