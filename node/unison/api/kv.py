@@ -169,7 +169,7 @@ class KvRoutes:
         key = self._key(request)
         value = put_value(await self._raw_body(request))
         try:
-            await store.write([Mutation(Op.PUT, key, value)])
+            await store.submit([Mutation(Op.PUT, key, value)])
         except StoreClosed as e:  # shutting down, or a failed commit stopped writes
             raise ApiError(503, str(e)) from None
         return success()

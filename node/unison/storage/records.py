@@ -81,9 +81,9 @@ class Record:
 
 def encode_record(op: int, ts_ms: int, key: bytes, value: bytes) -> tuple[int, bytes]:
     """(crc32, stored form) of a log record; what Record.encode() stores, without a Record."""
-    body = _BODY_HEADER.pack(op, ts_ms, len(key)) + key + value
-    crc = zlib.crc32(body)
-    return crc, _CRC.pack(crc) + body
+    header = _BODY_HEADER.pack(op, ts_ms, len(key))
+    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(header)))
+    return crc, b"".join((_CRC.pack(crc), header, key, value))  # the value is copied once
 
 
 def lsn_key(lsn: int) -> bytes:
