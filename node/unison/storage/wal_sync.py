@@ -171,7 +171,9 @@ def _serve(directory: str, sock: socket.socket) -> None:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group; the node drains its writes and then
-    # closes our socket, which is when we stop.
+    # Ctrl-C (and a supervisor's SIGTERM to the process group) reach us too; the node
+    # drains its writes, which may still need us, and then closes our socket: that is
+    # when we stop. A node killed outright closes it as well.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _serve(sys.argv[1], socket.socket(fileno=int(sys.argv[2])))
