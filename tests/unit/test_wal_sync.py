@@ -18,6 +18,12 @@ from unison.storage import Mutation, NamespaceStore, Op, StoreClosed, wal_sync
 from unison.storage.wal_sync import WalSyncer
 
 
+def open_logs(pid: int) -> set[Path]:
+    """The *.log files process `pid` has open."""
+    targets = (os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return {Path(t).resolve() for t in targets if t.endswith(".log")}
+
+
 def open_store(path: Path) -> NamespaceStore:
     store = NamespaceStore("ns", path).open()
     store.start()
@@ -33,6 +39,20 @@ async def test_the_helper_runs_beside_the_store_and_stops_with_it(tmp_path: Path
         == list(range(1, 51))
     await store.close()
     assert syncer.proc.poll() == 0  # it exited on its own when the store closed its end
+
+
+async def test_the_helper_holds_every_wal_file_rocksdb_writes(tmp_path: Path) -> None:
+    """The helper finds the WAL by name (`*.log` in the database directory): checked
+    against what this RocksDB build really writes, through the helper's open files."""
+    store = open_store(tmp_path / "ns")
+    try:
+        await store.put(b"k", b"v" * 1000)
+        assert store._syncer is not None
+        wal_files = {p.resolve() for p in (tmp_path / "ns").glob("*.log")}
+        assert wal_files, "RocksDB wrote no *.log file next to its data"
+        assert open_logs(store._syncer.proc.pid) == wal_files
+    finally:
+        await store.close()
 
 
 async def test_a_put_is_acknowledged_only_after_the_helper_has_synced(tmp_path: Path) -> None:

@@ -89,6 +89,7 @@ def _records_of(group: list[_Pending], lsn: int, ts: int) -> list[Record]:
 
 
 def _options(bytes_per_sync: int = 0) -> Options:
+    # No wal_dir: the WAL sync helper looks for the WAL in the database directory.
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
     opts.create_missing_column_families(True)
