@@ -426,3 +426,19 @@ async def test_bytes_per_sync_reaches_rocksdb(tmp_path: Path) -> None:
     finally:
         await tuned.close()
         await plain.close()
+
+
+async def test_close_finishes_the_commit_in_flight(tmp_path: Path) -> None:
+    """Writes queued before close() are all committed and answered, including the batch
+    that is being synced when close() begins."""
+    store = open_store(tmp_path)
+    writes = [asyncio.ensure_future(store.put(f"k{i}".encode(), b"v")) for i in range(200)]
+    await asyncio.sleep(0)  # the first batch is taken and its sync is under way
+    await store.close()
+    assert all(w.done() and not w.cancelled() for w in writes)
+    assert sorted(w.result() for w in writes) == list(range(1, 201))
+    store = open_store(tmp_path)
+    try:
+        assert store.last_lsn == 200 and store.get(b"k199") == b"v"
+    finally:
+        await store.close()

@@ -173,7 +173,7 @@ class NamespaceStore:
     async def close(self) -> None:
         """Finish queued writes, then close RocksDB."""
         if self._writer is not None:
-            while self._queue:
+            while self._queue or self._lock.locked():  # queued, or committing right now
                 self._wakeup.set()
                 await asyncio.sleep(0.001)
             self._writer.cancel()
