@@ -81,7 +81,7 @@ def wal_helpers_of(tmp_path: Path) -> list[int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(b"wal_sync.py") for a in argv) and str(tmp_path).encode() in b" ".join(argv):
+        if any(a.endswith(b"wal_sync_helper.py") for a in argv) and str(tmp_path).encode() in b" ".join(argv):
             pids.append(int(entry.name))
     return pids
 

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from unison.storage import Mutation, NamespaceStore, Op, StoreClosed, wal_sync
+from unison.storage import Mutation, NamespaceStore, Op, StoreClosed, wal_sync_helper
 from unison.storage.wal_sync import WalSyncer
 
 
@@ -160,7 +160,7 @@ def test_the_helper_syncs_every_live_log_and_the_directory_when_one_appears(
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     monkeypatch.setattr(os, "fsync", fsync)
     ours, theirs = socket.socketpair()
-    helper = threading.Thread(target=wal_sync._serve, args=(str(tmp_path), theirs), daemon=True)
+    helper = threading.Thread(target=wal_sync_helper.serve, args=(str(tmp_path), theirs), daemon=True)
     helper.start()
 
     def sync() -> list[tuple[str, int]]:

@@ -13,26 +13,21 @@ not yet obsolete) and `fsync`s the directory when a new log file appeared (its n
 must survive a power cut too). On Linux `fdatasync` flushes the file, whichever
 descriptor wrote it. The node acknowledges the batch only after the helper answers.
 
-Run as a script (`python -I wal_sync.py DIR FD`) it is the helper: standard library
-only, so it starts fast and small. It exits when the node's end of the socket closes,
-including when the node is killed.
+The helper is `wal_sync_helper.py`, run as a script.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
 import socket
 import subprocess
 import sys
 
-log = logging.getLogger(__name__)
+from unison.storage import wal_sync_helper as helper_script
+from unison.storage.wal_sync_helper import OK, REQUEST
 
-_REQUEST = b"s"
-_OK = b"\x00"
-_ERROR = b"E"  # followed by a message and b"\n"
+log = logging.getLogger(__name__)
 
 
 class WalSyncerGone(RuntimeError):
@@ -58,7 +53,7 @@ class WalSyncer:
         ours, theirs = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", __file__, directory, str(theirs.fileno())],
+                [sys.executable, "-I", helper_script.__file__, directory, str(theirs.fileno())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True)
         except BaseException:
             ours.close()
@@ -75,7 +70,7 @@ class WalSyncer:
             raise WalSyncerGone(self._lost)
         fut = self._waiter = self._loop.create_future()
         try:
-            self._sock.send(_REQUEST)
+            self._sock.send(REQUEST)
         except OSError as e:
             self._waiter = None
             self._lose(f"WAL sync helper (pid {self.proc.pid}) gone: {e}")
@@ -99,7 +94,7 @@ class WalSyncer:
             return
         self._buf += data
         while self._buf:
-            if self._buf[:1] == _OK:
+            if self._buf[:1] == OK:
                 self._buf = self._buf[1:]
                 self._resolve(None)
             elif b"\n" in self._buf:
@@ -135,45 +130,3 @@ class WalSyncer:
             await asyncio.sleep(0.01)
         self.proc.kill()
         self.proc.wait()
-
-
-# ---------------------------------------------------------------- the helper process
-
-
-def _serve(directory: str, sock: socket.socket) -> None:
-    dir_fd = -1
-    logs: dict[str, int] = {}  # live WAL file name -> our read-only descriptor
-    while True:
-        request = sock.recv(64)
-        if not request:
-            return  # the node closed its end, or died
-        try:
-            names = {e.name for e in os.scandir(directory) if e.name.endswith(".log")}
-            if dir_fd < 0:
-                dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            appeared = False
-            for name in names - logs.keys():
-                try:
-                    logs[name] = os.open(os.path.join(directory, name), os.O_RDONLY)
-                    appeared = True
-                except FileNotFoundError:  # obsolete and deleted since the scan
-                    pass
-            for name in logs.keys() - names:
-                os.close(logs.pop(name))
-            for fd in logs.values():
-                os.fdatasync(fd)
-            if appeared:
-                os.fsync(dir_fd)
-            answer = _OK * len(request)
-        except OSError as e:
-            answer = _ERROR + str(e).replace("\n", " ").encode() + b"\n"
-        sock.sendall(answer)
-
-
-if __name__ == "__main__":
-    # Ctrl-C (and a supervisor's SIGTERM to the process group) reach us too; the node
-    # drains its writes, which may still need us, and then closes our socket: that is
-    # when we stop. A node killed outright closes it as well.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    _serve(sys.argv[1], socket.socket(fileno=int(sys.argv[2])))
