@@ -84,11 +84,8 @@ class WalSyncer:
             return
         except OSError:
             data = b""
-        if not data:
-            try:  # it closed its end: it is exiting, or was killed
-                code = self.proc.wait(0.5)
-            except subprocess.TimeoutExpired:
-                code = None
+        if not data:  # it closed its end: it is exiting, or was killed
+            code = self.proc.poll()  # never wait here: this runs on the event loop
             self._lose(f"WAL sync helper (pid {self.proc.pid}) exited"
                        + (f" with code {code}" if code is not None else ""))
             return
