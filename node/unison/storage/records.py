@@ -37,11 +37,8 @@ class Record:
     ts_ms: int = 0  # commit time at the origin, kept across replication hops
     crc32: int = 0  # 0 means "compute it": see with_crc()
 
-    def body(self) -> bytes:
-        return _BODY_HEADER.pack(self.op, self.ts_ms, len(self.key)) + self.key + self.value
-
     def checksum(self) -> int:
-        return zlib.crc32(self.body())
+        return _crc(_BODY_HEADER.pack(self.op, self.ts_ms, len(self.key)), self.key, self.value)
 
     def with_crc(self) -> Record:
         return Record(self.lsn, self.op, self.key, self.value, self.ts_ms, self.checksum())
@@ -82,8 +79,14 @@ class Record:
 def encode_record(op: int, ts_ms: int, key: bytes, value: bytes) -> tuple[int, bytes]:
     """(crc32, stored form) of a log record; what Record.encode() stores, without a Record."""
     header = _BODY_HEADER.pack(op, ts_ms, len(key))
-    crc = zlib.crc32(value, zlib.crc32(key, zlib.crc32(header)))
+    crc = _crc(header, key, value)
     return crc, b"".join((_CRC.pack(crc), header, key, value))  # the value is copied once
+
+
+def _crc(header: bytes, key: bytes, value: bytes) -> int:
+    """CRC32 of a record's body (header without the crc, key, value), chained over the
+    parts so the body is never concatenated just to be summed."""
+    return zlib.crc32(value, zlib.crc32(key, zlib.crc32(header)))
 
 
 def lsn_key(lsn: int) -> bytes:
