@@ -14,8 +14,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from unison.storage import Mutation, NamespaceStore, Op, StoreClosed, wal_sync_helper
+from unison.storage import Mutation, Op, StoreClosed, wal_sync_helper
 from unison.storage.wal_sync import WalSyncer
+
+from tests.unit.test_storage import open_store
 
 
 def open_logs(pid: int) -> set[Path]:
@@ -24,14 +26,8 @@ def open_logs(pid: int) -> set[Path]:
     return {Path(t).resolve() for t in targets if t.endswith(".log")}
 
 
-def open_store(path: Path) -> NamespaceStore:
-    store = NamespaceStore("ns", path).open()
-    store.start()
-    return store
-
-
 async def test_the_helper_runs_beside_the_store_and_stops_with_it(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "ns")
+    store = open_store(tmp_path)
     syncer = store._syncer
     assert syncer is not None, "the default store syncs through a helper process"
     assert syncer.proc.poll() is None
@@ -44,7 +40,7 @@ async def test_the_helper_runs_beside_the_store_and_stops_with_it(tmp_path: Path
 async def test_the_helper_holds_every_wal_file_rocksdb_writes(tmp_path: Path) -> None:
     """The helper finds the WAL by name (`*.log` in the database directory): checked
     against what this RocksDB build really writes, through the helper's open files."""
-    store = open_store(tmp_path / "ns")
+    store = open_store(tmp_path)
     try:
         await store.put(b"k", b"v" * 1000)
         assert store._syncer is not None
@@ -58,7 +54,7 @@ async def test_the_helper_holds_every_wal_file_rocksdb_writes(tmp_path: Path) ->
 async def test_a_put_is_acknowledged_only_after_the_helper_has_synced(tmp_path: Path) -> None:
     """Freeze the helper (SIGSTOP): the batch is in RocksDB, unsynced, and nobody in it may
     have an answer; thaw it and every write is acknowledged."""
-    store = open_store(tmp_path / "ns")
+    store = open_store(tmp_path)
     assert store._syncer is not None
     pid = store._syncer.proc.pid
     os.kill(pid, signal.SIGSTOP)
@@ -84,7 +80,7 @@ async def test_a_put_is_acknowledged_only_after_the_helper_has_synced(tmp_path: 
 
 async def test_a_killed_helper_is_replaced_by_syncing_in_process(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = open_store(tmp_path / "ns")
+    store = open_store(tmp_path)
     await store.put(b"before", b"1")
     assert store._syncer is not None
     proc = store._syncer.proc
@@ -99,7 +95,7 @@ async def test_a_killed_helper_is_replaced_by_syncing_in_process(
     await store.put(b"after", b"2")
     await store.close()
 
-    store = open_store(tmp_path / "ns")
+    store = open_store(tmp_path)
     try:
         assert store.get(b"before") == b"1" and store.get(b"after") == b"2"
         assert store.last_lsn == 22
@@ -121,7 +117,7 @@ async def test_a_failing_helper_sync_refuses_writes(tmp_path: Path) -> None:
     finally:
         await syncer.close()
 
-    store = open_store(tmp_path / "ns")
+    store = open_store(tmp_path)
     await store.put(b"kept", b"1")
     assert store._syncer is not None
     await store._syncer.close()
