@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +44,17 @@ class KubeError(Exception):
         self.message = message
 
 
+def bearer_header(value: str | None) -> str | None:
+    """`Authorization` value for a token as the `kubernetes` package stores it: kubeconfig
+    tokens come as "Bearer X", in-cluster ones as "bearer X", older versions bare."""
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return f"Bearer {token.strip()}"
+    return f"Bearer {value.strip()}"
+
+
 def collection_path(kind: str, namespace: str) -> str:
     prefix, plural = RESOURCES[kind]
     return f"{prefix}/namespaces/{quote(namespace)}/{plural}"
@@ -63,15 +75,31 @@ class KubeClient:
     _closed: bool = False
 
     @classmethod
-    def from_environment(cls) -> KubeClient:
-        """In-cluster service account when running in a pod, else the kubeconfig."""
-        from kubernetes import client, config
+    def from_environment(cls, *, token_file: str | None = None, ca_file: str | None = None,
+                         environ: Mapping[str, str] | None = None,
+                         kubeconfig: str | None = None) -> KubeClient:
+        """In-cluster service account when running in a pod, else the kubeconfig.
 
+        The keyword arguments replace the service account's files, the environment and the
+        kubeconfig path (tests point them at their own files and server).
+        """
+        from kubernetes import client, config
+        from kubernetes.config import incluster_config
+
+        cfg = client.Configuration()
+        loader = incluster_config.InClusterConfigLoader(
+            token_filename=token_file or incluster_config.SERVICE_TOKEN_FILENAME,
+            cert_filename=ca_file or incluster_config.SERVICE_CERT_FILENAME,
+            environ=os.environ if environ is None else environ)
         try:
-            config.load_incluster_config()
+            loader.load_and_set(cfg)
         except config.ConfigException:
-            config.load_kube_config()
-        cfg = client.Configuration.get_default_copy()
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        return cls.from_configuration(cfg)
+
+    @classmethod
+    def from_configuration(cls, cfg: Any) -> KubeClient:
+        """A client with the server, TLS and credentials of a `kubernetes` Configuration."""
         ctx: ssl.SSLContext | None = None
         if cfg.host.startswith("https"):
             ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
@@ -82,8 +110,11 @@ class KubeClient:
                 ctx.verify_mode = ssl.CERT_NONE
 
         def token() -> str | None:
-            # Calls the refresh hook, so rotated service-account tokens are picked up.
-            return cfg.get_api_key_with_prefix("authorization") or None
+            # auth_settings() knows where this version of the package keeps the token
+            # ("BearerToken" since 29, "authorization" before) and runs the refresh hook,
+            # so a rotated service-account token is read again.
+            bearer = cfg.auth_settings().get("BearerToken")
+            return bearer_header(bearer["value"]) if bearer else None
 
         return cls(server=cfg.host, ssl_context=ctx, token=token)
 
