@@ -188,13 +188,31 @@ class PartState:
 
 
 def _part_state(part: str, obj: Mapping[str, Any] | None, desired: int) -> PartState:
+    """Ready pods of a StatefulSet/Deployment, and whether it is still rolling out.
+
+    A part is settled only when its controller has seen the latest spec (observedGeneration),
+    every desired pod runs the latest template (updatedReplicas; for a StatefulSet also
+    currentRevision == updateRevision), no old pod is left (replicas, unavailableReplicas)
+    and every pod is ready and available. Until then the ready pods may be old ones, still
+    configured for the previous spec.
+    """
     if obj is None:
         return PartState(part, desired, 0, True)
     st = obj.get("status") or {}
-    ready = int(st.get("readyReplicas") or 0)
-    updated = int(st.get("updatedReplicas") or 0)
+
+    def count(key: str) -> int:
+        return int(st.get(key) or 0)
+
+    ready = count("readyReplicas")
+    if "availableReplicas" in st:  # respects minReadySeconds where the controller has it
+        ready = min(ready, count("availableReplicas"))
     gen, seen = obj.get("metadata", {}).get("generation"), st.get("observedGeneration")
-    rolling = updated < desired or (gen is not None and seen is not None and seen < gen)
+    rolling = (
+        (gen is not None and (seen is None or int(seen) < int(gen)))
+        or count("updatedReplicas") < desired
+        or count("replicas") > desired  # pods of the old template still around
+        or count("unavailableReplicas") > 0
+    )
     cur, upd = st.get("currentRevision"), st.get("updateRevision")
     if cur and upd and cur != upd:
         rolling = True

@@ -162,8 +162,10 @@ async def test_reconciling_an_unchanged_cluster_writes_nothing(k8s: Any) -> None
 
 async def set_ready(k8s: Any, kind: str, name: str, ready: int) -> None:
     plural = {"StatefulSet": "statefulsets", "Deployment": "deployments"}[kind]
+    # What the controller reports once it has rolled out the current spec.
     status = {"replicas": 1, "readyReplicas": ready, "updatedReplicas": 1,
-              "availableReplicas": ready}
+              "availableReplicas": ready,
+              "observedGeneration": live(k8s, kind, name)["metadata"]["generation"]}
     resp = await k8s.patch(f"/apis/apps/v1/namespaces/{NS}/{plural}/{name}/status",
                            json={"status": status})
     assert resp.status == 200, await resp.text()

@@ -87,3 +87,45 @@ async def test_apply_object_skips_unchanged_and_compares_sizes_by_value(k8s: Any
             "containers"][0]["image"] == "unison:0.2.0"
     finally:
         await api.close()
+
+
+def test_deployment_mid_rollout_is_not_ready_though_an_old_pod_is() -> None:
+    # Seen on a real cluster after adding a datacenter: the one ready pod was the old one,
+    # still configured for the previous relayer port.
+    dep: dict[str, Any] = {"metadata": {"generation": 3}, "status": {
+        "observedGeneration": 3, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1,
+        "availableReplicas": 1, "unavailableReplicas": 1}}
+    state = _part_state("client", dep, 1)
+    assert state.rolling
+    s = cluster_status(SPEC, [PartState("dc1", 1, 1, False), PartState("dc2", 1, 1, False),
+                              PartState("relayer", 1, 1, False), state], None, 3)
+    assert s["phase"] == "Progressing"
+    assert next(c for c in s["conditions"] if c["type"] == "Ready")["status"] == "False"
+    # The old pod gone and the new one available: settled.
+    dep["status"] = {"observedGeneration": 3, "replicas": 1, "updatedReplicas": 1,
+                     "readyReplicas": 1, "availableReplicas": 1}
+    assert _part_state("client", dep, 1) == PartState("client", 1, 1, False)
+
+
+@pytest.mark.parametrize(("change", "why"), [
+    ({"observedGeneration": 1}, "the controller has not seen generation 2 yet"),
+    ({"observedGeneration": None}, "no status from the controller yet"),
+    ({"updatedReplicas": 1}, "one of two pods still runs the old template"),
+    ({"replicas": 3}, "an old pod is still around"),
+    ({"updateRevision": "rev-b"}, "the StatefulSet is between revisions"),
+])
+def test_statefulset_rollout_states_are_not_settled(change: dict[str, Any], why: str) -> None:
+    settled = {"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+               "readyReplicas": 2, "availableReplicas": 2, "currentRevision": "rev-a",
+               "updateRevision": "rev-a"}
+    sts: dict[str, Any] = {"metadata": {"generation": 2}, "status": settled}
+    assert _part_state("relayer", sts, 2) == PartState("relayer", 2, 2, False)
+    status = {k: v for k, v in {**settled, **change}.items() if v is not None}
+    assert _part_state("relayer", {**sts, "status": status}, 2).rolling, why
+
+
+def test_ready_counts_only_available_pods() -> None:
+    dep = {"metadata": {"generation": 1}, "status": {
+        "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+        "availableReplicas": 1}}
+    assert _part_state("client", dep, 2).ready == 1
