@@ -517,7 +517,7 @@ class NodePlan:
 
     name: str
     role: str  # "replicator" or "relayer"
-    index: int  # 1-based position: datacenters in order, then the relayer
+    index: int  # port index (HTTP 8000+i): position, datacenters then relayer, unless kept
     config: NodeConfig
 
     @property
@@ -533,6 +533,68 @@ class NodePlan:
         return {n.namespace: n.bind_port for n in self.config.notifiers}
 
 
+@dataclass(frozen=True)
+class PortAllocation:
+    """Ports a cluster's nodes already have, so adding or removing a datacenter does not
+    renumber the others (on Kubernetes that would restart them and break port-forwards).
+
+    `indices` maps node name -> index (HTTP 8000+i, gRPC 4000+i); `notifier_ports` maps a
+    relayed namespace -> its ZeroMQ port, valid for `notifier_base_port` only (changing the
+    base port is asking for new notifier ports).
+    """
+
+    indices: dict[str, int] = field(default_factory=dict)
+    notifier_ports: dict[str, int] = field(default_factory=dict)
+    notifier_base_port: int | None = None
+
+
+def allocation_of(plans: Sequence[NodePlan], notifier_base_port: int) -> PortAllocation:
+    """The allocation a list of plans uses (to pass back to plan_cluster next time)."""
+    notifiers = {ns: p for plan in plans for ns, p in plan.notifier_ports.items()}
+    return PortAllocation(indices={p.name: p.index for p in plans}, notifier_ports=notifiers,
+                          notifier_base_port=notifier_base_port)
+
+
+def _lowest_free(start: int, used: set[int]) -> int:
+    n = start
+    while n in used:
+        n += 1
+    used.add(n)
+    return n
+
+
+def _node_indices(nodes: Sequence[str], previous: dict[str, int]) -> dict[str, int]:
+    """Previous indices where still valid and unique; new nodes get the lowest free ones."""
+    used: set[int] = set()
+    out: dict[str, int] = {}
+    for node in nodes:
+        i = previous.get(node)
+        if isinstance(i, int) and 1 <= i and i not in used and HTTP_BASE_PORT + i <= 65535:
+            out[node] = i
+            used.add(i)
+    for node in nodes:
+        if node not in out:
+            out[node] = _lowest_free(1, used)
+    return out
+
+
+def _notifier_ports(namespaces: Sequence[str], base: int, allocation: PortAllocation | None,
+                    reserved: set[int]) -> dict[str, int]:
+    previous = (allocation.notifier_ports
+                if allocation and allocation.notifier_base_port == base else {})
+    used = set(reserved)  # the relayer's own HTTP and gRPC ports
+    out: dict[str, int] = {}
+    for ns in namespaces:
+        p = previous.get(ns)
+        if isinstance(p, int) and base <= p <= 65535 and p not in used:
+            out[ns] = p
+            used.add(p)
+    for ns in namespaces:
+        if ns not in out:
+            out[ns] = _lowest_free(base, used)
+    return {ns: out[ns] for ns in namespaces}
+
+
 def node_ports(index: int) -> tuple[int, int]:
     """(http, grpc) ports of the index-th node (1-based)."""
     return HTTP_BASE_PORT + index, GRPC_BASE_PORT + index
@@ -546,6 +608,7 @@ def plan_cluster(
     base_dir: Callable[[str], str],
     upstream_address: Callable[[str, int], str],
     log_level: str = "info",
+    allocation: PortAllocation | None = None,
 ) -> list[NodePlan]:
     """The nodes of a cluster: one primary per datacenter, then one relayer.
 
@@ -555,11 +618,18 @@ def plan_cluster(
     `upstream_address(dc_name, grpc_port)` the address the relayer dials, so local mode
     and Kubernetes differ only in those two. Their gRPC is plaintext (no certificates are
     provisioned), so it is asked for explicitly: the rendered TOML says allow_insecure = true.
+
+    Without `allocation` the i-th node (datacenters in order, then the relayer) gets index
+    i. With one, nodes and namespaces it lists keep their ports and new ones get the lowest
+    free index or notifier port.
     """
     plans: list[NodePlan] = []
     dc_ports: dict[str, int] = {}
     dc_namespaces: dict[str, list[str]] = {}
-    for i, (name, namespaces) in enumerate(datacenters, start=1):
+    indices = _node_indices([name for name, _ in datacenters] + [RELAYER_NAME],
+                            allocation.indices if allocation else {})
+    for name, namespaces in datacenters:
+        i = indices[name]
         http, grpc = node_ports(i)
         dc_ports[name] = grpc
         dc_namespaces[name] = list(namespaces)
@@ -572,9 +642,10 @@ def plan_cluster(
         )
         plans.append(NodePlan(name=name, role="replicator", index=i, config=cfg))
 
-    index = len(plans) + 1
+    index = indices[RELAYER_NAME]
     http, grpc = node_ports(index)
     relayed = [ns for dc in follow for ns in dc_namespaces[dc]]
+    notifier_ports = _notifier_ports(relayed, notifier_base_port, allocation, {http, grpc})
     cfg = NodeConfig(
         http_port=http,
         grpc=GrpcConfig(port=grpc, allow_insecure=True),
@@ -589,8 +660,7 @@ def plan_cluster(
             for dc in follow
         ],
         notifiers=[
-            NotifierConfig(namespace=ns, bind_port=notifier_base_port + j)
-            for j, ns in enumerate(relayed)
+            NotifierConfig(namespace=ns, bind_port=notifier_ports[ns]) for ns in relayed
         ],
         log=LogConfig(log_level=log_level),
         source=f"<{RELAYER_NAME}>",

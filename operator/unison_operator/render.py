@@ -13,7 +13,14 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from unison.config import RELAYER_NAME, NodePlan, render_toml
+from unison.config import (
+    RELAYER_NAME,
+    NodePlan,
+    PortAllocation,
+    allocation_of,
+    node_ports,
+    render_toml,
+)
 
 from .spec import API_VERSION, KIND, ClusterSpec, PlacementSpec, StorageSpec
 
@@ -76,15 +83,51 @@ def digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def k8s_plans(spec: ClusterSpec, name: str, namespace: str) -> list[NodePlan]:
-    """Node plans as the pods see them: data in /data, upstreams via headless-Service DNS."""
+def k8s_plans(spec: ClusterSpec, name: str, namespace: str,
+              ports: PortAllocation | None = None) -> list[NodePlan]:
+    """Node plans as the pods see them: data in /data, upstreams via headless-Service DNS;
+    `ports` is the allocation the cluster already has (see unison.config.PortAllocation)."""
     names = Names(name)
 
     def upstream(dc: str, port: int) -> str:
         pod = f"{names.statefulset(dc)}-0"
         return f"{pod}.{names.headless(dc)}.{namespace}.svc.{spec.cluster_domain}:{port}"
 
-    return spec.plan(base_dir=lambda _node: DATA_DIR, upstream_address=upstream)
+    return spec.plan(base_dir=lambda _node: DATA_DIR, upstream_address=upstream,
+                     allocation=ports)
+
+
+def port_allocation(spec: ClusterSpec, name: str, namespace: str,
+                    previous: PortAllocation | None = None) -> PortAllocation:
+    """The ports `render(..., ports=previous)` gives the nodes, to record in status."""
+    return allocation_of(k8s_plans(spec, name, namespace, previous),
+                         spec.relayer.notifier_base_port)
+
+
+def allocation_to_status(allocation: PortAllocation) -> dict[str, Any]:
+    """status.ports: per node its index and ports, the relayer's notifier ports too."""
+    out: dict[str, Any] = {}
+    for node, i in sorted(allocation.indices.items(), key=lambda kv: kv[1]):
+        http, grpc = node_ports(i)
+        out[node] = {"index": i, "http": http, "grpc": grpc}
+    if RELAYER_NAME in out and allocation.notifier_ports:
+        out[RELAYER_NAME]["notifiers"] = dict(allocation.notifier_ports)
+        out[RELAYER_NAME]["notifierBasePort"] = allocation.notifier_base_port
+    return out
+
+
+def allocation_from_status(ports: Any) -> PortAllocation | None:
+    """The inverse of allocation_to_status; None when status has no (usable) ports."""
+    if not isinstance(ports, dict) or not ports:
+        return None
+    indices = {node: v["index"] for node, v in ports.items()
+               if isinstance(v, dict) and isinstance(v.get("index"), int)}
+    relayer = ports.get(RELAYER_NAME) if isinstance(ports.get(RELAYER_NAME), dict) else {}
+    notifiers = {ns: p for ns, p in (relayer.get("notifiers") or {}).items()
+                 if isinstance(p, int)}
+    base = relayer.get("notifierBasePort")
+    return PortAllocation(indices=indices, notifier_ports=notifiers,
+                          notifier_base_port=base if isinstance(base, int) else None)
 
 
 # ---------------------------------------------------------------- building blocks
@@ -340,11 +383,12 @@ def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def render(spec: ClusterSpec, name: str, namespace: str, uid: str | None = None
-           ) -> list[dict[str, Any]]:
-    """Every object of the cluster, in apply order. `uid` adds owner references."""
+def render(spec: ClusterSpec, name: str, namespace: str, uid: str | None = None,
+           ports: PortAllocation | None = None) -> list[dict[str, Any]]:
+    """Every object of the cluster, in apply order. `uid` adds owner references; `ports`
+    keeps the ports nodes already have (without it: the i-th node gets index i)."""
     owner = _owner(name, uid)
-    plans = k8s_plans(spec, name, namespace)
+    plans = k8s_plans(spec, name, namespace, ports)
     cm = config_map(name, namespace, plans, owner)
     objects: list[dict[str, Any]] = [cm]
     for plan in plans:

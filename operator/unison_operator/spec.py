@@ -38,6 +38,7 @@ from unison.config import (
     NOTIFIER_BASE_PORT,
     RELAYER_NAME,
     NodePlan,
+    PortAllocation,
     plan_cluster,
 )
 
@@ -157,11 +158,13 @@ class ClusterSpec:
         *,
         base_dir: str | Path | Callable[[str], str],
         upstream_address: Callable[[str, int], str] | None = None,
+        allocation: PortAllocation | None = None,
     ) -> list[NodePlan]:
         """The nodes of this cluster (datacenters in order, then the relayer).
 
         `base_dir` is a directory (node data goes to `<base_dir>/<node>`) or a function
-        of the node name; `upstream_address(dc, grpc_port)` defaults to 127.0.0.1.
+        of the node name; `upstream_address(dc, grpc_port)` defaults to 127.0.0.1;
+        `allocation` keeps the ports of nodes that already have some (the operator's).
         """
         if callable(base_dir):
             dir_of = base_dir
@@ -177,6 +180,7 @@ class ClusterSpec:
             base_dir=dir_of,
             upstream_address=address,
             log_level=self.log_level,
+            allocation=allocation,
         )
 
 

@@ -13,7 +13,14 @@ import pytest
 import yaml
 from unison.config import NodeConfig, parse_config, render_toml
 from unison.local.cluster import plan_local
-from unison_operator.render import CONFIG_HASH_ANNOTATION, HASH_ANNOTATION, render
+from unison_operator.render import (
+    CONFIG_HASH_ANNOTATION,
+    HASH_ANNOTATION,
+    allocation_from_status,
+    allocation_to_status,
+    port_allocation,
+    render,
+)
 from unison_operator.render_cli import main as render_main
 from unison_operator.spec import load_cluster, parse_cluster
 
@@ -254,3 +261,89 @@ def test_render_cli_bad_file_is_one_line_and_exit_2(tmp_path: Path,
                        '"dc1" is used twice\n')
     assert render_main([str(tmp_path / "nope.yaml")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- stable ports
+
+
+def with_dc3(doc: dict[str, Any], follow: list[str] | None = None) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    doc["spec"]["datacenters"].append({"name": "dc3", "namespaces": ["ad-campaign-dc3"]})
+    doc["spec"]["relayer"]["follow"] = follow or ["dc1", "dc2", "dc3"]
+    return doc
+
+
+def service_ports(objects: list[dict[str, Any]], part: str) -> dict[str, int]:
+    svc = by_name(objects, "Service", f"ad-campaign-{part}")
+    return {p["name"]: p["port"] for p in svc["spec"]["ports"]}
+
+
+def test_without_a_previous_allocation_ports_follow_the_seed_order() -> None:
+    spec = load_cluster(EXAMPLE)
+    ports = allocation_to_status(port_allocation(spec, "ad-campaign", "prod"))
+    assert ports == {
+        "dc1": {"index": 1, "http": 8001, "grpc": 4001},
+        "dc2": {"index": 2, "http": 8002, "grpc": 4002},
+        "relayer": {"index": 3, "http": 8003, "grpc": 4003, "notifierBasePort": 5555,
+                    "notifiers": {"ad-campaign-dc1": 5555, "ad-campaign-dc2": 5556}}}
+    # Passing that allocation back changes nothing.
+    assert render(spec, "ad-campaign", "prod", "uid-1",
+                  ports=allocation_from_status(ports)) == seed()
+
+
+def test_adding_a_datacenter_keeps_the_ports_of_the_others() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    previous = port_allocation(parse_cluster(doc), "ad-campaign", "prod")
+    # dc3 first in follow order: its namespace still gets the next free notifier port.
+    grown = parse_cluster(with_dc3(doc, follow=["dc3", "dc1", "dc2"]))
+    after = render(grown, "ad-campaign", "prod", "uid-1", ports=previous)
+    before = seed()
+    assert service_ports(after, "relayer") == {"http": 8003, "grpc": 4003, "zmq-0": 5557,
+                                               "zmq-1": 5555, "zmq-2": 5556}
+    assert service_ports(after, "dc3") == {"http": 8004, "grpc": 4004}
+    for part in ("dc1", "dc2"):
+        assert service_ports(after, part) == service_ports(before, part)
+        assert by_name(after, "StatefulSet", f"ad-campaign-{part}") == by_name(
+            before, "StatefulSet", f"ad-campaign-{part}")
+    # The relayer's TOML only gains the new upstream and its notifier.
+    old = tomllib.loads(by_name(before, "ConfigMap", "ad-campaign-config")["data"]["relayer.toml"])
+    new = tomllib.loads(by_name(after, "ConfigMap", "ad-campaign-config")["data"]["relayer.toml"])
+    assert (new["http_port"], new["grpc_config"]["port"]) == (8003, 4003)
+    assert set(new["relayer_config"]) - set(old["relayer_config"]) == {"dc3"}
+    assert new["relayer_config"]["dc3"]["upstream_address"].endswith(":4004")
+    for name in old["relayer_config"]:
+        assert new["relayer_config"][name] == old["relayer_config"][name]
+    assert {ns: c["bind_port"] for ns, c in new["notifier_config"].items()} == {
+        "ad-campaign-dc1": 5555, "ad-campaign-dc2": 5556, "ad-campaign-dc3": 5557}
+    # The client keeps its relayer address and only subscribes to one more namespace.
+    old_args = container(by_name(before, "Deployment", "ad-campaign-client"))["args"]
+    new_args = container(by_name(after, "Deployment", "ad-campaign-client"))["args"]
+    assert "http://ad-campaign-relayer:8003" in new_args
+    assert set(new_args) - set(old_args) == {"ad-campaign-dc3=tcp://ad-campaign-relayer:5557"}
+    assert set(old_args) <= set(new_args)
+
+
+def test_removing_a_datacenter_keeps_the_others_and_frees_its_index() -> None:
+    doc = with_dc3(yaml.safe_load(EXAMPLE.read_text()))
+    three = port_allocation(parse_cluster(doc), "ad-campaign", "prod")
+    assert three.indices == {"dc1": 1, "dc2": 2, "dc3": 3, "relayer": 4}
+    del doc["spec"]["datacenters"][1]
+    doc["spec"]["relayer"]["follow"] = ["dc1", "dc3"]
+    two = port_allocation(parse_cluster(doc), "ad-campaign", "prod", three)
+    assert two.indices == {"dc1": 1, "dc3": 3, "relayer": 4}
+    assert two.notifier_ports == {"ad-campaign-dc1": 5555, "ad-campaign-dc3": 5557}
+    # A datacenter added later takes the lowest free index and notifier port.
+    doc["spec"]["datacenters"].append({"name": "dc4", "namespaces": ["ad-campaign-dc4"]})
+    doc["spec"]["relayer"]["follow"] = ["dc1", "dc3", "dc4"]
+    four = port_allocation(parse_cluster(doc), "ad-campaign", "prod", two)
+    assert four.indices == {"dc1": 1, "dc3": 3, "dc4": 2, "relayer": 4}
+    assert four.notifier_ports["ad-campaign-dc4"] == 5556
+
+
+def test_a_new_notifier_base_port_renumbers_the_notifiers_only() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    previous = port_allocation(parse_cluster(doc), "ad-campaign", "prod")
+    doc["spec"]["relayer"]["notifierBasePort"] = 6000
+    moved = port_allocation(parse_cluster(doc), "ad-campaign", "prod", previous)
+    assert moved.indices == previous.indices
+    assert moved.notifier_ports == {"ad-campaign-dc1": 6000, "ad-campaign-dc2": 6001}
