@@ -4,15 +4,25 @@ The logic lives in plain async functions (`reconcile`, `observe`, `cluster_statu
 `make_registry` only binds them to kopf events, so tests can run kopf's real runner
 with their own registry, login and API client.
 
-- create / update / resume -> parse the spec, render, apply each child (create, or
-  server-side apply when its content hash changed, skip when unchanged), then status;
-- events of the owned StatefulSets/Deployments re-read the children and update the
-  owner's `status` (phase, counts, conditions `Ready` from the pods and `Reconciled` from
-  the last apply);
+- create / update / resume -> parse the spec, render, compare each child with the live
+  object and apply (server-side, forced) only what is missing or differs, then status;
+  resume (operator restart) compares too, so edits made meanwhile are undone;
+- events of every owned child kind (ConfigMap, Services, StatefulSets, PDBs, the client
+  Deployment): a deleted child is recreated and an edited one restored within seconds
+  (compared first, so our own writes come back as events that change nothing; one repair
+  per child per `repair_interval` at most); StatefulSet/Deployment events also recompute
+  the owner's `status` (phase, counts, conditions `Ready` from the pods and `Reconciled`
+  from the last apply);
+- a resync loop compares every cluster every `resync_interval` seconds, a backstop for
+  drift no event reported;
+- ports: `status.ports` records each node's port index and the relayer's notifier ports;
+  rendering keeps them, so adding or removing a datacenter renumbers nobody;
 - an invalid spec -> Warning Event + `Ready=False/InvalidSpec` condition, no child touched;
-- a child that cannot be applied (name taken by a foreign object, API rejection) ->
-  Warning Event + `Reconciled=False/ApplyFailed`, the other children still applied, and
-  kopf retries later;
+- a child that cannot be applied (name taken by a foreign object, API rejection, a volume
+  that cannot grow) -> Warning Event + `Reconciled=False` (reason NameConflict,
+  ApplyFailed or ResizeFailed), phase Failed and `Ready=False/ReconcileFailed`; the other
+  children are still applied, and the reconcile is retried after `retry_delay`, as is
+  any failed API call (status writes included);
 - deletion: owner references let Kubernetes collect the children; PVCs follow the
   StatefulSets' persistentVolumeClaimRetentionPolicy (Retain unless the spec says Delete).
 """
@@ -20,16 +30,27 @@ with their own registry, login and API client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import kopf
+from unison.config import PortAllocation
 
 from .kube import KubeClient, KubeError
-from .render import HASH_ANNOTATION, MANAGER, Names, render
+from .render import (
+    HASH_ANNOTATION,
+    MANAGER,
+    Names,
+    allocation_from_status,
+    allocation_to_status,
+    port_allocation,
+    render,
+)
 from .spec import (
     API_VERSION,
     GROUP,
@@ -45,6 +66,10 @@ from .spec import (
 READY = "Ready"  # condition: every part has its pods ready
 RECONCILED = "Reconciled"  # condition: the children match the current spec
 MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
+# The children's API resources, as kopf names them: (group, version, plural).
+CHILD_RESOURCES = (("", "v1", "configmaps"), ("", "v1", "services"),
+                   ("apps", "v1", "statefulsets"), ("apps", "v1", "deployments"),
+                   ("policy", "v1", "poddisruptionbudgets"))
 
 
 @dataclass
@@ -57,6 +82,12 @@ class OperatorConfig:
     login: Callable[..., kopf.ConnectionInfo | None] = kopf.login_via_client
     recreate_timeout: float = 60.0  # wait for an orphan-deleted StatefulSet to go away
     retry_delay: float = 30.0  # seconds before retrying a reconcile that failed
+    # Backstop for drift no event told us about (e.g. while a watch was reconnecting):
+    # every cluster is compared with its rendering this often; 0 disables it.
+    resync_interval: float = 60.0
+    # At most one repair of the same child this often, so a controller that keeps
+    # changing a field we own cannot drive a write loop.
+    repair_interval: float = 2.0
 
 
 # ---------------------------------------------------------------- applying
@@ -91,12 +122,22 @@ def _same_claims(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
     return True
 
 
+class ResizeFailed(Exception):
+    """A data volume could not grow to the requested size; the message names the PVC."""
+
+
 async def _grow_claims(api: KubeClient, live: Mapping[str, Any], desired: Mapping[str, Any],
                        body: Any) -> None:
-    """Expand the existing PVCs of a StatefulSet whose storage request grew."""
+    """Expand the existing PVCs of a StatefulSet whose storage request grew.
+
+    Raises ResizeFailed when the API refuses (e.g. the StorageClass does not allow volume
+    expansion); the caller then keeps the StatefulSet's old claim templates, so the next
+    reconcile tries again and status keeps saying why.
+    """
     meta = desired["metadata"]
     sizes = {name: size for name, size, _ in _claims(desired)}
     replicas = int(live.get("spec", {}).get("replicas") or 0)
+    failures: list[str] = []
     for claim, size in sizes.items():
         for i in range(replicas):
             pvc_name = f"{claim}-{meta['name']}-{i}"
@@ -117,8 +158,10 @@ async def _grow_claims(api: KubeClient, live: Mapping[str, Any], desired: Mappin
                 kopf.event(body, type="Normal", reason="Resized",
                            message=f"PVC {pvc_name} requested {size} (was {current})")
             except KubeError as e:
-                kopf.event(body, type="Warning", reason="ResizeFailed",
-                           message=f"PVC {pvc_name} cannot grow to {size}: {e.message}")
+                failures.append(f"PVC {pvc_name} cannot grow from {current} to {size}: "
+                                f"{e.message}")
+    if failures:
+        raise ResizeFailed("; ".join(failures))
 
 
 async def _wait_gone(api: KubeClient, kind: str, namespace: str, name: str,
@@ -150,9 +193,47 @@ def _ours(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
         "app.kubernetes.io/managed-by", "app.kubernetes.io/instance"))
 
 
+def _same_value(want: Any, have: Any) -> bool:
+    if want == have:
+        return True
+    if isinstance(want, str) and isinstance(have, str):
+        # Quantities come back canonicalized ("0.5" -> "500m").
+        try:
+            return quantity_value(want) == quantity_value(have)
+        except ValueError:
+            return False
+    return False
+
+
+def covers(live: Any, desired: Any) -> bool:
+    """Every field we render is in the live object with the same value. Fields the API
+    server or other controllers add (defaults, status, clusterIP) do not count as drift;
+    lists must have the same length (an extra container or port is drift)."""
+    if isinstance(desired, Mapping):
+        return isinstance(live, Mapping) and all(
+            k in live and covers(live[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(live, list) and len(live) == len(desired)
+                and all(covers(a, b) for a, b in zip(live, desired, strict=True)))
+    return _same_value(desired, live)
+
+
+def drifted(live: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """The live child differs from what we render. The applied hash catches fields a
+    previous spec rendered and this one no longer does (server-side apply removes them);
+    the field comparison catches edits made behind the operator's back."""
+    return _hash(live) != _hash(desired) or not covers(
+        {k: live.get(k) for k in ("metadata", "spec", "data")},
+        {k: desired[k] for k in ("metadata", "spec", "data") if k in desired})
+
+
 async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
                        cfg: OperatorConfig) -> str | None:
-    """Make one child match `desired`; returns what was done, None when nothing was needed."""
+    """Make one child match `desired`; returns what was done, None when nothing was needed.
+
+    Compares before writing, so an unchanged cluster costs reads only (and its children
+    see no events that would come back to us as work).
+    """
     kind, meta = desired["kind"], desired["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     live = await api.get(kind, namespace, name)
@@ -162,7 +243,7 @@ async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
     if not _ours(live, desired):
         raise NameConflict(f"{kind} {name} already exists and is not managed by this "
                            "UnisonCluster; rename or remove it")
-    if _hash(live) == _hash(desired):
+    if not drifted(live, desired):
         return None
     if kind == "StatefulSet" and not _same_claims(live, desired):
         # volumeClaimTemplates are immutable: grow the existing PVCs, then replace the
@@ -173,7 +254,8 @@ async def apply_object(api: KubeClient, desired: dict[str, Any], body: Any,
         await api.apply_or_create(desired)
         return "Recreated"
     await api.apply(desired)
-    return "Updated"
+    # Same hash: the spec did not change, someone edited the child.
+    return "Updated" if _hash(live) != _hash(desired) else "Repaired"
 
 
 # ---------------------------------------------------------------- status
@@ -261,11 +343,15 @@ def _conditions(previous: Mapping[str, Any] | None, *new: dict[str, Any]) -> lis
 
 def cluster_status(spec: ClusterSpec, parts: list[PartState],
                    previous: Mapping[str, Any] | None, generation: int | None,
-                   reconciled: dict[str, Any] | None = None) -> dict[str, Any]:
+                   reconciled: dict[str, Any] | None = None,
+                   ports: dict[str, Any] | None = None) -> dict[str, Any]:
     """Phase, Ready condition and counts from the parts' states.
 
     `reconciled` is the new Reconciled condition when this follows an apply; otherwise the
-    previous one is kept (the child-event path knows nothing about applying).
+    previous one is kept (the child-event path knows nothing about applying). While it is
+    False the phase is Failed and Ready is False, whatever the pods say: the children do
+    not match the spec. `ports` is the allocation just applied (status.ports; kept when
+    None).
     """
     previous = previous or {}
     desired = sum(p.desired for p in parts)
@@ -282,6 +368,11 @@ def cluster_status(spec: ClusterSpec, parts: list[PartState],
         else:
             phase, reason = "Degraded", "PodsNotReady"
         message = f"not ready: {detail}"
+    rec = reconciled or next((c for c in previous.get("conditions") or []
+                              if c.get("type") == RECONCILED), None)
+    if rec and rec.get("status") == "False" and rec.get("reason") != "InvalidSpec":
+        phase, reason = "Failed", "ReconcileFailed"
+        message = f"{rec.get('reason')}: {rec.get('message')}"
     gen = generation if generation is not None else previous.get("observedGeneration")
     ready_cond = _condition(previous, READY, "True" if phase == "Ready" else "False", reason,
                             message, gen)
@@ -292,6 +383,8 @@ def cluster_status(spec: ClusterSpec, parts: list[PartState],
         "parts": {p.name: {"ready": p.ready, "desired": p.desired} for p in parts},
         "conditions": _conditions(previous, ready_cond, *([reconciled] if reconciled else [])),
     }
+    if ports is not None or previous.get("ports"):
+        status["ports"] = ports if ports is not None else previous["ports"]
     if gen is not None:
         status["observedGeneration"] = gen
     return status
@@ -307,6 +400,8 @@ def invalid_status(error: SpecError, previous: Mapping[str, Any] | None,
             _condition(previous, READY, "False", "InvalidSpec", message, generation),
             _condition(previous, RECONCILED, "False", "InvalidSpec", message, generation)),
     }
+    if (previous or {}).get("ports"):
+        status["ports"] = previous["ports"]  # still assigned: a fixed spec keeps them
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -323,7 +418,8 @@ Outcome = tuple[str, str, str]  # Reconciled condition: (status, reason, message
 async def write_status(api: KubeClient, namespace: str, name: str,
                        logger: logging.Logger | logging.LoggerAdapter[Any], *,
                        generation: int | None = None, outcome: Outcome | None = None,
-                       error: SpecError | None = None) -> None:
+                       error: SpecError | None = None,
+                       ports: PortAllocation | None = None) -> None:
     """Recompute a UnisonCluster's status from its children and write it if it changed.
 
     Every status write goes through here (reconcile outcomes and child events alike). The
@@ -344,7 +440,8 @@ async def write_status(api: KubeClient, namespace: str, name: str,
                 return  # the reconcile handler reports it; nothing to observe
             reconciled = _condition(previous, RECONCILED, *outcome, generation) if outcome else None
             parts = await observe(api, spec, name, namespace)
-            new = cluster_status(spec, parts, previous, generation, reconciled)
+            new = cluster_status(spec, parts, previous, generation, reconciled,
+                                 allocation_to_status(ports) if ports else None)
         if not _changed(previous, new):
             return
         logger.debug("status of %s/%s: %s", namespace, name, new["phase"])
@@ -369,6 +466,11 @@ def _parse(name: str, spec: Mapping[str, Any]) -> ClusterSpec:
                           "spec": spec})
 
 
+def previous_ports(cluster: Mapping[str, Any] | None) -> PortAllocation | None:
+    """The port allocation recorded in a UnisonCluster's status.ports, if any."""
+    return allocation_from_status(((cluster or {}).get("status") or {}).get("ports"))
+
+
 async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, namespace: str,
                     uid: str, generation: int | None,
                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
@@ -380,35 +482,103 @@ async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, 
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(e))
         await write_status(api, namespace, name, logger, generation=generation, error=e)
         return
+    # Ports once given to a part stay with it (status.ports, read fresh: kopf's body may
+    # predate our last status write).
+    current = await api.get(KIND, namespace, name)
+    ports = port_allocation(spec, name, namespace, previous_ports(current or body))
     changes = 0
-    failures: list[str] = []
-    for obj in render(spec, name, namespace, uid):
+    failures: list[tuple[str, str]] = []  # (reason, message)
+    for obj in render(spec, name, namespace, uid, ports=ports):
         what = f"{obj['kind']} {obj['metadata']['name']}"
         try:
             action = await apply_object(api, obj, body, cfg)
         except NameConflict as e:
-            failures.append(str(e))
+            failures.append(("NameConflict", str(e)))
             kopf.event(body, type="Warning", reason="NameConflict", message=str(e))
+            continue
+        except ResizeFailed as e:
+            failures.append(("ResizeFailed", f"{what}: {e}"))
+            kopf.event(body, type="Warning", reason="ResizeFailed", message=f"{what}: {e}")
             continue
         except KubeError as e:
             # Keep going: one rejected child must not hold back the others.
-            failures.append(f"{what}: {e.message}")
+            failures.append(("ApplyFailed", f"{what}: {e.message}"))
             kopf.event(body, type="Warning", reason="ApplyFailed", message=f"{what}: {e.message}")
             continue
         if action:
             changes += 1
             logger.info("%s %s", action.lower(), what)
-            kopf.event(body, type="Normal", reason=action, message=what)
+            kopf.event(body, type="Warning" if action == "Repaired" else "Normal",
+                       reason=action, message=what + (
+                           " was changed outside the operator; restored" if action == "Repaired"
+                           else ""))
     if failures:
-        message = "; ".join(failures)
+        message = "; ".join(m for _, m in failures)
         await write_status(api, namespace, name, logger, generation=generation,
-                           outcome=("False", "ApplyFailed", message))
+                           outcome=("False", failures[0][0], message), ports=ports)
         raise ReconcileError(message)
     if not changes:
-        logger.info("all children up to date")
+        logger.debug("all children up to date")
     summary = f"{changes} object(s) changed" if changes else "all objects up to date"
     await write_status(api, namespace, name, logger, generation=generation,
-                       outcome=("True", "Applied", summary))
+                       outcome=("True", "Applied", summary), ports=ports)
+
+
+async def repair_child(api: KubeClient, cfg: OperatorConfig, namespace: str, cluster_name: str,
+                       kind: str, name: str,
+                       logger: logging.Logger | logging.LoggerAdapter[Any]) -> str | None:
+    """Re-apply one child of a cluster if it was deleted or edited; returns the action."""
+    cluster = await api.get(KIND, namespace, cluster_name)
+    if cluster is None or cluster.get("metadata", {}).get("deletionTimestamp"):
+        return None  # the garbage collector is removing the children
+    try:
+        spec = _parse(cluster_name, cluster.get("spec") or {})
+    except SpecError:
+        return None  # status says Invalid; nothing to render
+    uid = cluster.get("metadata", {}).get("uid")
+    ports = port_allocation(spec, cluster_name, namespace, previous_ports(cluster))
+    desired = next((o for o in render(spec, cluster_name, namespace, uid, ports=ports)
+                    if o["kind"] == kind and o["metadata"]["name"] == name), None)
+    if desired is None:
+        return None  # not (or no longer) one of ours
+    try:
+        action = await apply_object(api, desired, cluster, cfg)
+    except (NameConflict, ResizeFailed, KubeError) as e:
+        logger.warning("cannot repair %s %s: %s", kind, name, e)
+        return None
+    if action:
+        logger.info("%s %s %s", action.lower(), kind, name)
+        kopf.event(cluster, type="Warning" if action in ("Created", "Repaired") else "Normal",
+                   reason=action, message=f"{kind} {name} "
+                   + ("was deleted; recreated" if action == "Created"
+                      else "was changed outside the operator; restored"
+                      if action == "Repaired" else "updated"))
+    return action
+
+
+@dataclass
+class _Runtime:
+    """What the handlers of one operator share: a lock per cluster (reconciles, repairs
+    and resyncs of one cluster never interleave), the clusters seen, the last repairs."""
+
+    locks: dict[tuple[str, str], asyncio.Lock]
+    clusters: set[tuple[str, str]]
+    repaired_at: dict[tuple[str, str, str], float]
+
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self.locks.setdefault((namespace, name), asyncio.Lock())
+
+
+@contextlib.contextmanager
+def _temporary_on_api_errors(cfg: OperatorConfig) -> Iterator[None]:
+    """API failures (status writes included) retry after retry_delay, not kopf's 60 s."""
+    try:
+        yield
+    except ReconcileError as e:
+        # Reported in status and Events already; kopf retries the whole reconcile.
+        raise kopf.TemporaryError(str(e), delay=cfg.retry_delay) from None
+    except (KubeError, aiohttp.ClientError, TimeoutError) as e:
+        raise kopf.TemporaryError(f"Kubernetes API: {e}", delay=cfg.retry_delay) from e
 
 
 def make_registry(cfg: OperatorConfig | None = None,
@@ -417,6 +587,8 @@ def make_registry(cfg: OperatorConfig | None = None,
     cfg = cfg or OperatorConfig()
     registry = registry or kopf.OperatorRegistry()
     holder: dict[str, KubeClient] = {}
+    rt = _Runtime(locks={}, clusters=set(), repaired_at={})
+    tasks: list[asyncio.Task[None]] = []
 
     def api() -> KubeClient:
         if "api" not in holder:
@@ -428,7 +600,7 @@ def make_registry(cfg: OperatorConfig | None = None,
         return cfg.login(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def configure(settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
         # Keep kopf's bookkeeping in our own annotations and out of `status`, which the
         # CRD schema defines (and prunes) precisely.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -440,9 +612,16 @@ def make_registry(cfg: OperatorConfig | None = None,
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.error_backoffs = [1, 2, 5, 10]
+        if cfg.resync_interval > 0:
+            tasks.append(asyncio.get_running_loop().create_task(
+                resync_forever(logger), name="unison-resync"))
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if "api" in holder:
             await holder["api"].close()
 
@@ -451,29 +630,83 @@ def make_registry(cfg: OperatorConfig | None = None,
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
     async def apply(body: kopf.Body, name: str, namespace: str, uid: str, meta: kopf.Meta,
                     logger: Any, **_: Any) -> None:
-        try:
-            await reconcile(api(), cfg, body, name, namespace, uid, meta.get("generation"),
-                            logger)
-        except ReconcileError as e:
-            # Reported in status and Events already; kopf retries the whole reconcile.
-            raise kopf.TemporaryError(str(e), delay=cfg.retry_delay) from None
+        # Resume (operator restart) compares every child too: edits made while the
+        # operator was away are repaired, not skipped.
+        with _temporary_on_api_errors(cfg):
+            async with rt.lock(namespace, name):
+                await reconcile(api(), cfg, body, name, namespace, uid,
+                                meta.get("generation"), logger)
 
-    # Readiness flows up from the children: every change of one of our StatefulSets or
-    # Deployments (status included) recomputes its UnisonCluster's status. No polling,
-    # and no kopf finalizer on the UnisonCluster (timers would need one).
-    @kopf.on.event("apps", "v1", "statefulsets", labels=MANAGED, registry=registry)
-    @kopf.on.event("apps", "v1", "deployments", labels=MANAGED, registry=registry)
-    async def child_changed(body: kopf.Body, namespace: str, logger: Any, **_: Any) -> None:
+    # The clusters the resync visits: every UnisonCluster kopf sees in its watch scope.
+    # (A kopf timer would do, but timers need a finalizer on every UnisonCluster, and
+    # deleting a cluster must not depend on the operator running.)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def cluster_seen(event: kopf.RawEvent, name: str, namespace: str,
+                           **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            rt.clusters.discard((namespace, name))
+            rt.locks.pop((namespace, name), None)
+        else:
+            rt.clusters.add((namespace, name))
+
+    async def resync_forever(logger: Any) -> None:
+        while True:
+            await asyncio.sleep(cfg.resync_interval)
+            for namespace, name in sorted(rt.clusters):
+                try:
+                    await resync(namespace, name, logger)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # the next round retries; kopf's retries are separate
+                    logger.warning("resync of %s/%s failed: %s", namespace, name, e)
+
+    async def resync(namespace: str, name: str, logger: Any) -> None:
+        client = api()
+        async with rt.lock(namespace, name):
+            cluster = await client.get(KIND, namespace, name)
+            if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+                return
+            try:
+                _parse(name, cluster.get("spec") or {})
+            except SpecError:
+                return  # reported by the create/update handler; nothing to compare
+            meta = cluster["metadata"]
+            try:
+                await reconcile(client, cfg, cluster, name, namespace, meta["uid"],
+                                meta.get("generation"), logger)
+            except ReconcileError:
+                pass  # in status and Events already
+
+    # Children: a deleted or edited child is re-applied at once (compared first, so our
+    # own writes come back as events that change nothing), and the StatefulSets' and
+    # Deployments' status flows up into the owner's status. No polling for readiness.
+    async def child_changed(body: kopf.Body, event: kopf.RawEvent, namespace: str,
+                            logger: Any, **_: Any) -> None:
         owner = next((o for o in body.metadata.get("ownerReferences") or []
                       if o.get("kind") == KIND and o.get("apiVersion") == API_VERSION), None)
         if owner is None or not namespace:
             return
         client = api()
+        kind, name = body.get("kind"), body.metadata.get("name")
         try:
-            await write_status(client, namespace, owner["name"], logger)
+            key = (namespace, f"{kind}", f"{name}")
+            loop = asyncio.get_running_loop()
+            wait = rt.repaired_at.get(key, -1e9) + cfg.repair_interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            async with rt.lock(namespace, owner["name"]):
+                action = await repair_child(client, cfg, namespace, owner["name"], kind, name,
+                                            logger)
+                if action:
+                    rt.repaired_at[key] = loop.time()
+            if kind in ("StatefulSet", "Deployment") and event.get("type") != "DELETED":
+                await write_status(client, namespace, owner["name"], logger)
         except Exception:
             if client.closed:
                 return  # the operator is stopping; the session went away mid-request
             raise
+
+    for group, version, plural in CHILD_RESOURCES:
+        kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)(child_changed)
 
     return registry

@@ -116,13 +116,15 @@ async def k8s(kmock: kmock.KubernetesEmulator) -> kmock.KubernetesEmulator:
 
 
 @contextlib.asynccontextmanager
-async def running_operator(k8s: kmock.KubernetesEmulator) -> AsyncIterator[None]:
-    """kopf.operator() with our registry, logged in to the emulator, stopped on exit."""
+async def running_operator(k8s: kmock.KubernetesEmulator, **config: Any
+                           ) -> AsyncIterator[None]:
+    """kopf.operator() with our registry, logged in to the emulator, stopped on exit;
+    `config` overrides OperatorConfig fields (resync_interval, repair_interval, ...)."""
     server = str(k8s.url).rstrip("/")
-    registry = make_registry(OperatorConfig(
-        client_factory=lambda: KubeClient(server=server),
-        login=lambda **_: kopf.ConnectionInfo(server=server, default_namespace=NS),
-        recreate_timeout=5, retry_delay=1))
+    registry = make_registry(OperatorConfig(**{
+        "client_factory": lambda: KubeClient(server=server),
+        "login": lambda **_: kopf.ConnectionInfo(server=server, default_namespace=NS),
+        "recreate_timeout": 5, "retry_delay": 1, **config}))
 
     settings = kopf.OperatorSettings()
     settings.watching.reconnect_backoff = 0.1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from unison_operator.render import render
+from unison_operator.render import allocation_from_status, render
 from unison_operator.spec import parse_cluster
 
 from .conftest import (
@@ -128,18 +128,30 @@ async def test_storage_change_and_new_datacenter_update_the_children(k8s: Any) -
                          ["relayer.toml"], "the relayer following dc3")
         await eventually(lambda: handled(k8s, "dc3"), "the update to be handled")
 
-    expected = render(parse_cluster(live(k8s, "UnisonCluster", "ad-campaign")), "ad-campaign", NS,
-                      "uid-ad-campaign")
+    cluster = live(k8s, "UnisonCluster", "ad-campaign")
+    # The relayer keeps the ports it had before dc3 (README: port-forward ... 8003:8003);
+    # dc3 gets the next free index; status says who has which.
+    ports = cluster["status"]["ports"]
+    assert ports["relayer"] == {"index": 3, "http": 8003, "grpc": 4003,
+                                "notifierBasePort": 5555,
+                                "notifiers": {"ad-campaign-dc1": 5555, "ad-campaign-dc2": 5556,
+                                              "ad-campaign-dc3": 5557}}
+    assert ports["dc3"] == {"index": 4, "http": 8004, "grpc": 4004}
+    expected = render(parse_cluster(cluster), "ad-campaign", NS, "uid-ad-campaign",
+                      ports=allocation_from_status(ports))
     for obj in expected:
         assert as_sent(live(k8s, obj["kind"], obj["metadata"]["name"])) == obj
     relayer_ports = {p["name"]: p["port"] for p in
                      live(k8s, "Service", "ad-campaign-relayer")["spec"]["ports"]}
-    assert relayer_ports == {"http": 8004, "grpc": 4004, "zmq-0": 5555, "zmq-1": 5556,
+    assert relayer_ports == {"http": 8003, "grpc": 4003, "zmq-0": 5555, "zmq-1": 5556,
                              "zmq-2": 5557}
+    dc3_ports = {p["name"]: p["port"] for p in
+                 live(k8s, "Service", "ad-campaign-dc3")["spec"]["ports"]}
+    assert dc3_ports == {"http": 8004, "grpc": 4004}
     args = live(k8s, "Deployment", "ad-campaign-client")["spec"]["template"]["spec"][
         "containers"][0]["args"]
     assert "ad-campaign-dc3=tcp://ad-campaign-relayer:5557" in args
-    assert "http://ad-campaign-relayer:8004" in args
+    assert "http://ad-campaign-relayer:8003" in args
 
 
 async def test_reconciling_an_unchanged_cluster_writes_nothing(k8s: Any) -> None:
@@ -250,9 +262,14 @@ async def test_a_foreign_object_with_a_child_name_is_not_overwritten(k8s: Any) -
             lambda: condition(cluster_status(k8s), "Reconciled") and cluster_status(k8s),
             "a Reconciled condition")
         cond = condition(status, "Reconciled")
-        assert (cond["status"], cond["reason"]) == ("False", "ApplyFailed")
+        assert (cond["status"], cond["reason"]) == ("False", "NameConflict")
         assert cond["message"].startswith("ConfigMap ad-campaign-config already exists and is "
                                           "not managed by this UnisonCluster")
+        # The phase says so too: the cluster cannot become Ready while a child is missing.
+        assert status["phase"] == "Failed"
+        ready = condition(status, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "ReconcileFailed")
+        assert "ad-campaign-config already exists" in ready["message"]
         events = await eventually(lambda: warning_events(k8s), "a Warning event")
         assert events[0]["reason"] == "NameConflict"
         # Once the user removes it, the retry creates the real one.

@@ -42,8 +42,11 @@ NAMESPACED_CALLS = {
     *{(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "statefulsets"),
                              ("apps", "deployments"), ("policy", "poddisruptionbudgets"))
       for v in ("get", "create", "patch")},
-    # kopf.on.event on the StatefulSets and Deployments: status follows the children
-    *{("apps", r, v) for r in ("statefulsets", "deployments") for v in ("list", "watch")},
+    # kopf.on.event on every child kind: a deleted or edited child is repaired, and status
+    # follows the StatefulSets and Deployments
+    *{(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "statefulsets"),
+                             ("apps", "deployments"), ("policy", "poddisruptionbudgets"))
+      for v in ("list", "watch")},
     # a StatefulSet whose volumeClaimTemplates change is deleted (orphan) and recreated
     ("apps", "statefulsets", "delete"),
     # growing data volumes

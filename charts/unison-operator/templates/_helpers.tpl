@@ -61,14 +61,15 @@ operator/unison_operator (handlers.py, kube.py) and of kopf underneath it.
 - apiGroups: ["unisondb.io"]
   resources: ["unisonclusters/finalizers"]
   verbs: ["update"]
-# The children: read, server-side apply (PATCH), create where apply cannot.
+# The children: read, server-side apply (PATCH), create where apply cannot, and
+# list+watch so that a deleted or edited child is repaired at once; readiness flows up
+# from the StatefulSets' and Deployments' events.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch"]
-# Readiness flows up from kopf watching the StatefulSets and Deployments (list+watch).
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch"]
