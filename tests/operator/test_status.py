@@ -5,16 +5,21 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import aiohttp
+import kopf
 import pytest
 import yaml
+from aiohttp import web
 from unison_operator.handlers import (
     OperatorConfig,
     PartState,
+    ResizeFailed,
     _part_state,
+    _temporary_on_api_errors,
     apply_object,
     cluster_status,
 )
-from unison_operator.kube import KubeClient
+from unison_operator.kube import KubeClient, KubeError
 from unison_operator.render import render
 from unison_operator.spec import load_cluster
 
@@ -129,3 +134,63 @@ def test_ready_counts_only_available_pods() -> None:
         "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
         "availableReplicas": 1}}
     assert _part_state("client", dep, 2).ready == 1
+
+
+async def test_a_volume_that_cannot_grow_fails_and_keeps_the_old_claims(k8s: Any) -> None:
+    # As on a StorageClass without allowVolumeExpansion: the API refuses the PVC patch.
+    k8s[f"patch /api/v1/namespaces/{NS}/persistentvolumeclaims/data-ad-campaign-dc1-0"] << (
+        lambda: web.json_response({"kind": "Status", "message": "only dynamically provisioned "
+                                   "pvc can be resized and the storageclass must support "
+                                   "resize"}, status=403))
+    k8s.objects["v1/persistentvolumeclaims", NS, "data-ad-campaign-dc1-0"] = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data-ad-campaign-dc1-0", "namespace": NS},
+        "spec": {"resources": {"requests": {"storage": "1Gi"}}}}
+    api = KubeClient(server=str(k8s.url).rstrip("/"))
+    cfg = OperatorConfig(client_factory=lambda: api)
+    try:
+        sts = next(o for o in render(SPEC, "ad-campaign", NS, "uid-1")
+                   if o["kind"] == "StatefulSet")
+        assert await apply_object(api, copy.deepcopy(sts), {}, cfg) == "Created"
+        k8s.objects["apps/v1/statefulsets", NS, "ad-campaign-dc1"].patch(
+            {"spec": {"replicas": 1}})
+        grown = copy.deepcopy(sts)
+        grown["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"][
+            "storage"] = "2Gi"
+        body = {"apiVersion": "unisondb.io/v1alpha1", "kind": "UnisonCluster",
+                "metadata": {"name": "ad-campaign", "namespace": NS, "uid": "uid-1"}}
+        with pytest.raises(ResizeFailed, match="PVC data-ad-campaign-dc1-0 cannot grow from "
+                                               "1Gi to 2Gi"):
+            await apply_object(api, grown, body, cfg)
+        # Not replaced: the StatefulSet still describes the volumes that exist.
+        assert not [r for r in list(k8s) if r.method == "DELETE"]
+        assert live(k8s, "StatefulSet", "ad-campaign-dc1")["spec"]["volumeClaimTemplates"][0][
+            "spec"]["resources"]["requests"]["storage"] == "1Gi"
+    finally:
+        await api.close()
+
+
+def test_a_failed_reconcile_is_phase_failed_even_with_every_pod_ready() -> None:
+    failed = {"type": "Reconciled", "status": "False", "reason": "ResizeFailed",
+              "message": "StatefulSet ad-campaign-dc1: PVC data-ad-campaign-dc1-0 cannot grow"}
+    s = cluster_status(SPEC, parts(1, 1, 1, 1), None, 2, reconciled=failed)
+    assert s["phase"] == "Failed"
+    ready = next(c for c in s["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "ReconcileFailed")
+    assert ready["message"].startswith("ResizeFailed: StatefulSet ad-campaign-dc1: PVC")
+    # A child event (no new Reconciled condition) keeps saying so ...
+    assert cluster_status(SPEC, parts(1, 1, 1, 1), s, None)["phase"] == "Failed"
+    # ... until an apply succeeds.
+    ok = {"type": "Reconciled", "status": "True", "reason": "Applied", "message": "1 changed"}
+    assert cluster_status(SPEC, parts(1, 1, 1, 1), s, 2, reconciled=ok)["phase"] == "Ready"
+
+
+@pytest.mark.parametrize("error", [
+    KubeError(500, "PATCH", "/apis/unisondb.io/v1alpha1/.../status", "etcdserver: timeout"),
+    aiohttp.ClientConnectionError("connection refused"),
+])
+def test_api_errors_retry_after_retry_delay_not_kopfs_default(error: Exception) -> None:
+    with pytest.raises(kopf.TemporaryError) as caught, \
+            _temporary_on_api_errors(OperatorConfig(retry_delay=7)):
+        raise error
+    assert caught.value.delay == 7
