@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "unison-operator"
 RELEASE, RELEASE_NS = "unison-operator", "unison-system"
 # The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schema.
-KUBE_VERSIONS = ("1.27", kubernetes_validate.utils.latest_version())
+KUBE_VERSIONS = ("1.28", kubernetes_validate.utils.latest_version())
 
 # Every (apiGroup, resource, verb) the operator needs in the namespaces it watches,
 # read from operator/unison_operator (kube.py, handlers.py) and kopf (standalone: no

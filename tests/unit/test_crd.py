@@ -41,30 +41,38 @@ def schema_errors(doc: dict[str, Any]) -> list[str]:
             for e in validator.iter_errors(doc)]
 
 
-def _walk(schema: dict[str, Any], value: Any) -> Iterator[tuple[dict[str, Any], Any]]:
-    """(schema node, value) pairs for every value present in the document."""
-    yield schema, value
+def _walk(schema: dict[str, Any], value: Any, path: str = ""
+          ) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """(path, schema node, value) for every value present in the document."""
+    yield path, schema, value
     if isinstance(value, dict):
         for key, sub in value.items():
             if key in schema.get("properties", {}):
-                yield from _walk(schema["properties"][key], sub)
+                yield from _walk(schema["properties"][key], sub, f"{path}.{key}")
             elif isinstance(schema.get("additionalProperties"), dict):
-                yield from _walk(schema["additionalProperties"], sub)
+                yield from _walk(schema["additionalProperties"], sub, f"{path}.{key}")
     elif isinstance(value, list) and "items" in schema:
-        for item in value:
-            yield from _walk(schema["items"], item)
+        for i, item in enumerate(value):
+            yield from _walk(schema["items"], item, f"{path}[{i}]")
 
 
-def cel_errors(doc: dict[str, Any]) -> list[str]:
+def cel_field_errors(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, message) of every failing rule, the field as the API server reports it:
+    the rule's node joined with its fieldPath."""
     celpy = pytest.importorskip("celpy")
     env = celpy.Environment()
     errors = []
-    for node, value in _walk(SCHEMA, doc):
+    for path, node, value in _walk(SCHEMA, doc):
         for rule in node.get("x-kubernetes-validations", []):
             program = env.program(env.compile(rule["rule"]))
             if not program.evaluate({"self": celpy.json_to_cel(value)}):
-                errors.append(rule["message"])
+                field = (path + rule.get("fieldPath", "")).lstrip(".")
+                errors.append((field, rule["message"]))
     return errors
+
+
+def cel_errors(doc: dict[str, Any]) -> list[str]:
+    return [message for _, message in cel_field_errors(doc)]
 
 
 def test_crd_is_a_valid_kubernetes_object() -> None:
@@ -169,18 +177,80 @@ def test_schema_rejects(path: str, value: Any) -> None:
 
 CEL_INVALID = [
     ("spec.datacenters.1.namespaces", ["ad-campaign-dc1"],
-     "spec.datacenters[*].namespaces: a namespace may belong to one datacenter only"),
+     "a namespace may belong to one datacenter only (spec.datacenters[*].namespaces)",
+     "spec.datacenters"),
     ("spec.relayer.follow", ["dc1", "dc3"],
-     "spec.relayer.follow: every entry must name a datacenter in spec.datacenters"),
-    ("spec.datacenters.0.name", "relayer", "this datacenter name is reserved"),
+     "every entry must name a datacenter in spec.datacenters", "spec.relayer.follow"),
+    ("spec.datacenters.0.name", "relayer",
+     "this datacenter name is reserved (relayer, client and config name other parts)",
+     "spec.datacenters[0].name"),
     ("metadata.name", "x" * 45,
-     "metadata.name is too long: object names <name>-<datacenter> must stay within 52 characters"),
+     "is too long: object names <name>-<datacenter> must stay within 52 characters",
+     "metadata.name"),
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "message"), CEL_INVALID,
-                         ids=[p for p, _, _ in CEL_INVALID])
-def test_cel_rules_reject(path: str, value: Any, message: str) -> None:
+@pytest.mark.parametrize(("path", "value", "message", "field"), CEL_INVALID,
+                         ids=[p for p, _, _, _ in CEL_INVALID])
+def test_cel_rules_reject_naming_the_field(path: str, value: Any, message: str,
+                                          field: str) -> None:
     doc = _mutate(example(), path, value)
     assert schema_errors(doc) == []  # only the CEL rule catches this one
-    assert message in cel_errors(doc)
+    assert (field, message) in cel_field_errors(doc)
+
+
+# What the API server accepts in a rule's `reason`.
+REASONS = {"FieldValueInvalid", "FieldValueForbidden", "FieldValueRequired",
+           "FieldValueDuplicate"}
+
+
+def _rules(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any],
+                                                               dict[str, Any]]]:
+    for rule in node.get("x-kubernetes-validations", []):
+        yield path, node, rule
+    for name, sub in node.get("properties", {}).items():
+        yield from _rules(sub, f"{path}.{name}")
+    if "items" in node:
+        yield from _rules(node["items"], f"{path}[*]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _rules(node["additionalProperties"], f"{path}.*")
+
+
+def resolve_field_path(node: dict[str, Any], field_path: str) -> dict[str, Any]:
+    """The schema node a rule's fieldPath names, relative to the rule's node, the way the
+    API server checks it when the CRD is written ('.a.b' or "['a']" steps only)."""
+    assert field_path.startswith((".", "[")), f"{field_path!r} must start with . or ["
+    rest = field_path
+    while rest:
+        if rest.startswith("."):
+            name = rest[1:].split(".")[0].split("[")[0]
+            rest = rest[1 + len(name):]
+        else:
+            assert rest.startswith("['"), f"unsupported step in {field_path!r}"
+            name, _, rest = rest[2:].partition("']")
+        assert name, f"empty step in {field_path!r}"
+        props = node.get("properties", {})
+        if name in props:
+            node = props[name]
+        elif isinstance(node.get("additionalProperties"), dict):
+            node = node["additionalProperties"]
+        else:
+            raise AssertionError(f"{field_path!r}: no field {name!r} in the schema")
+    return node
+
+
+def test_every_rule_names_an_existing_field_and_a_valid_reason() -> None:
+    rules = list(_rules(SCHEMA, ""))
+    assert len(rules) >= 4
+    for path, node, rule in rules:
+        assert "fieldPath" in rule, f"rule at {path or '<root>'} has no fieldPath: {rule['rule']}"
+        resolve_field_path(node, rule["fieldPath"])
+        assert rule.get("reason", "FieldValueInvalid") in REASONS, rule
+
+
+def test_field_path_resolution_rejects_missing_fields() -> None:
+    spec = SCHEMA["properties"]["spec"]
+    assert resolve_field_path(spec, ".relayer.follow")["type"] == "array"
+    for bad in (".relayer.folow", "relayer", ".datacenters.name"):
+        with pytest.raises(AssertionError):
+            resolve_field_path(spec, bad)
