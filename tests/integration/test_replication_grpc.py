@@ -303,3 +303,51 @@ async def test_port_in_use_is_a_startup_error_naming_the_port(cluster: Cluster) 
     second = ReplicationServer({NS: primary}, plaintext(first.port))
     with pytest.raises(StartupError, match=f"gRPC port {first.port}"):
         await second.start()
+
+
+async def test_unresolvable_upstream_logs_and_reports_the_dns_error_once(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    # `.invalid` never resolves (RFC 2606); the lookup fails without leaving the machine.
+    store = cluster.store("relayer")
+    up = UpstreamConfig("dc3", [NS], "nonexistent.invalid:4001", allow_insecure=True)
+    f = Follower(store, up, backoff_base_s=0.02, backoff_cap_s=0.1)
+    with caplog.at_level(logging.INFO, logger="unison.replication.follower"):
+        f.start()
+        try:
+            await until(lambda: f.reconnects >= 5, what="several failed attempts")
+        finally:
+            await f.stop()
+    assert "nonexistent.invalid" in f.last_error and "resolv" in f.last_error, f.last_error
+    reason = f.not_ready_reason()
+    assert reason is not None
+    assert reason.startswith("upstream dc3 (nonexistent.invalid:4001) unreachable: ")
+    assert f.last_error in reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # Said once with the real reason, not once per reconnect attempt.
+    assert len(warnings) == 1, warnings
+    assert f.last_error in warnings[0]
+
+
+async def test_a_slow_dns_failure_is_reported_not_cut_short_by_the_idle_timeout(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A DNS server that never answers (a bound UDP socket nobody reads): gRPC gives up on
+    # the lookup after its query timeout, later than the follower's idle timeout.
+    from unison.replication import follower as follower_module
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind((HOST, 0))
+    try:
+        monkeypatch.setattr(follower_module, "CHANNEL_OPTIONS", [
+            *follower_module.CHANNEL_OPTIONS, ("grpc.dns_ares_query_timeout", 1500)])
+        store = cluster.store("relayer")
+        target = f"dns://{HOST}:{silent.getsockname()[1]}/nonexistent.invalid:4001"
+        up = UpstreamConfig("dc3", [NS], target, allow_insecure=True)
+        f = Follower(store, up, backoff_base_s=0.02, backoff_cap_s=0.1, idle_timeout_s=0.5)
+        f.start()
+        try:
+            await until(lambda: bool(f.last_error), within=20, what="a first failure")
+        finally:
+            await f.stop()
+    finally:
+        silent.close()
+    assert "nonexistent.invalid" in f.last_error and "DNS" in f.last_error, f.last_error
+    assert "no message" not in f.last_error

@@ -282,3 +282,26 @@ def test_relayer_is_not_ready_while_its_upstream_is_gone_and_ready_again_after(
     assert m["unison_follower_lag_records"] == "0" and float(m["unison_follower_lag_seconds"]) == 0
     assert m["unison_follower_segment_lag_threshold"] == "5" and m["unison_follower_connected"] == "1"
     assert "unison_follower_disconnected_seconds" not in m  # only while disconnected
+
+
+def test_relayer_with_an_unresolvable_upstream_says_why_in_its_log_and_readyz(
+        tmp_path: Path, nodes: dict[str, NodeProcess]) -> None:
+    # What a typo in an upstream's name (or a Service not created yet) looks like.
+    c = _seed(tmp_path, nodes, ["dc1"])
+    relayer = c["relayer"]
+    relayer.config.relayers[0].upstream_address = "nonexistent.invalid:4001"
+    relayer.start(wait=False)
+    relayer.wait_healthy()
+    wait_for(lambda: "nonexistent.invalid" in (_readyz(relayer)[1].get("error") or ""),
+             within=20, what="readyz naming the upstream", nodes=(relayer,))
+    _, body = _readyz(relayer)
+    (reason,) = body["reasons"]
+    assert reason.startswith(f"namespace {DC1}: upstream dc1 (nonexistent.invalid:4001) "
+                             "unreachable: never reached since start; last error: UNAVAILABLE:")
+    assert "resolv" in reason, reason
+    # The log gives the same reason, once, while the follower keeps retrying.
+    wait_for(lambda: stats(relayer, DC1)["follower"]["connect_attempts"] >= 5, within=20,
+             what="several attempts", nodes=(relayer,))
+    warnings = [line for line in relayer.logs().splitlines() if "interrupted" in line]
+    assert len(warnings) == 1, warnings
+    assert "nonexistent.invalid" in warnings[0] and "resolv" in warnings[0]

@@ -37,6 +37,12 @@ COALESCE_RECORDS = 20_000
 # long enough to ride out a reconnect after an upstream restart (backoff starts at 50 ms),
 # short enough that /readyz soon tells a load balancer the data is going stale.
 DISCONNECT_GRACE_S = 2.0
+# Until the upstream first answers, gRPC itself reports what goes wrong (a DNS lookup that
+# fails, a refused or timed-out connection) with the real reason; resolvers can take 10-20 s
+# to give up, so the idle timeout must not cut that short. This bounds the wait.
+CONNECT_TIMEOUT_S = 60.0
+# A failure that repeats with the same reason is logged at most this often.
+REPEAT_LOG_INTERVAL_S = 30.0
 
 
 class _Refused(Exception):
@@ -60,7 +66,7 @@ class Follower:
     def __init__(self, store: NamespaceStore, upstream: UpstreamConfig, *,
                  backoff_base_s: float = 0.05, backoff_cap_s: float = 2.0,
                  idle_timeout_s: float = 10.0, disconnect_grace_s: float = DISCONNECT_GRACE_S,
-                 name: str = "") -> None:
+                 connect_timeout_s: float = CONNECT_TIMEOUT_S, name: str = "") -> None:
         self.store = store
         self.upstream = upstream
         self.namespace = store.name
@@ -70,6 +76,7 @@ class Follower:
         # connection is dead even if TCP has not noticed.
         self.idle_timeout_s = idle_timeout_s
         self.disconnect_grace_s = disconnect_grace_s
+        self.connect_timeout_s = max(connect_timeout_s, idle_timeout_s)
         self.name = name or f"{upstream.name}/{store.name}"
         self._task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -91,6 +98,8 @@ class Follower:
         self._snapshot_open = False
         self._progressed = False
         self._started = time.monotonic()
+        # Rate limit of the interruption warning: (reason, monotonic time, repeats since).
+        self._logged: tuple[str, float, int] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -209,8 +218,11 @@ class Follower:
         while True:
             self.attempts += 1
             from_lsn = self.store.last_lsn + 1
-            log.info("replication: connecting to %s for namespace %s (attempt %d, from lsn %d)",
-                     addr, self.namespace, self.attempts, from_lsn)
+            # Every attempt at info only while things work; retries of a failing upstream
+            # are summed up by the (rate-limited) interruption warning instead.
+            log.log(logging.DEBUG if self._logged else logging.INFO,
+                    "replication: connecting to %s for namespace %s (attempt %d, from lsn %d)",
+                    addr, self.namespace, self.attempts, from_lsn)
             self._progressed = False
             try:
                 await self._follow_once(from_lsn)
@@ -246,10 +258,25 @@ class Follower:
             # A stream that applied something resets the backoff; repeated failures grow it.
             failures = 0 if self._progressed else failures + 1
             delay = self._backoff(failures)
-            log.warning("replication: stream from %s for namespace %s interrupted (%s); "
-                        "reconnect attempt %d in %.2fs from lsn %d", addr, self.namespace,
-                        reason, self.attempts + 1, delay, self.store.last_lsn + 1)
+            self._log_interruption(reason, delay)
             await asyncio.sleep(delay)
+
+    def _log_interruption(self, reason: str, delay: float) -> None:
+        """Warn with the reason; the same reason again only every REPEAT_LOG_INTERVAL_S."""
+        now = time.monotonic()
+        if self._logged and self._logged[0] == reason \
+                and now - self._logged[1] < REPEAT_LOG_INTERVAL_S:
+            self._logged = (reason, self._logged[1], self._logged[2] + 1)
+            log.debug("replication: stream from %s for namespace %s interrupted again (%s)",
+                      self.upstream.upstream_address, self.namespace, reason)
+            return
+        repeats = self._logged[2] if self._logged and self._logged[0] == reason else 0
+        again = f" ({repeats} more time(s) since the last warning)" if repeats else ""
+        log.warning("replication: stream from %s for namespace %s interrupted (%s)%s; "
+                    "reconnect attempt %d in %.2fs from lsn %d", self.upstream.upstream_address,
+                    self.namespace, reason, again, self.attempts + 1, delay,
+                    self.store.last_lsn + 1)
+        self._logged = (reason, now, 0)
 
     def _open_channel(self) -> grpc.aio.Channel:
         up = self.upstream
@@ -284,16 +311,23 @@ class Follower:
 
     async def _read(self, call: Any, queue: asyncio.Queue[_Item], from_lsn: int) -> None:
         """Receive, decode and queue messages; the stream's end (or error) is queued last."""
+        answered = False
         try:
             while True:
-                async with asyncio.timeout(self.idle_timeout_s):
+                # Before the first answer the connection is still being made and gRPC
+                # reports failures itself, with their reason; after it, silence this long
+                # means a dead stream.
+                wait = self.idle_timeout_s if answered else self.connect_timeout_s
+                async with asyncio.timeout(wait):
                     msg = await call.read()
+                answered = True
                 if msg is grpc.aio.EOF:
                     await queue.put(_End(None))
                     return
                 if not self.connected:
                     self.connected = True
                     self.disconnected_since = None
+                    self._logged = None  # a failure after this is news again
                     log.info("replication: streaming namespace %s from %s (from lsn %d)",
                              self.namespace, self.upstream.upstream_address, from_lsn)
                 self.last_contact = time.monotonic()
@@ -319,8 +353,13 @@ class Follower:
         except asyncio.CancelledError:
             raise
         except TimeoutError:
-            await queue.put(_End(_Refused(
-                f"no message from the upstream for {self.idle_timeout_s:.0f}s")))
+            if answered:
+                why = f"no message from the upstream for {self.idle_timeout_s:.0f}s"
+            else:
+                state = self._channel.get_state().name if self._channel else "closed"
+                why = (f"no answer from the upstream within {self.connect_timeout_s:.0f}s "
+                       f"(gRPC channel {state}: still resolving the name or connecting)")
+            await queue.put(_End(_Refused(why)))
         except Exception as e:  # handed to the applier, which raises it in order
             await queue.put(_End(e))
 
