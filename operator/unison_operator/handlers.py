@@ -519,9 +519,10 @@ async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, 
         raise ReconcileError(message)
     if not changes:
         logger.debug("all children up to date")
-    summary = f"{changes} object(s) changed" if changes else "all objects up to date"
+    # The same words whatever this pass changed (the Events and the log say that): a
+    # periodic re-check that finds nothing to do must not rewrite the status.
     await write_status(api, namespace, name, logger, generation=generation,
-                       outcome=("True", "Applied", summary), ports=ports)
+                       outcome=("True", "Applied", "every child matches the spec"), ports=ports)
 
 
 async def repair_child(api: KubeClient, cfg: OperatorConfig, namespace: str, cluster_name: str,
