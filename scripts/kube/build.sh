@@ -40,12 +40,20 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     stamp+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 flags=(-trimpath -ldflags "-s -w$stamp")
-for b in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
-    echo "kube binaries: building $b ($(( $(date +%s) - start )) s so far)" >&2
-    go build "${flags[@]}" -o "$tmp/$b" "k8s.io/kubernetes/cmd/$b"
+# One `go build` for all of them: a single build graph keeps both cores busy, linking one
+# binary while compiling the next one's packages. A line a minute shows it is alive.
+cmds=()
+for b in "${bins[@]}"; do
+    case $b in etcd|pause) ;; *) cmds+=("k8s.io/kubernetes/cmd/$b") ;; esac
 done
-echo "kube binaries: building etcd ($(( $(date +%s) - start )) s so far)" >&2
-go build "${flags[@]}" -o "$tmp/etcd" ./etcd
+echo "kube binaries: compiling ${bins[*]} (15-25 min cold on 2 cores)" >&2
+(while sleep 60; do
+    echo "kube binaries: still compiling ($(( $(date +%s) - start )) s)" >&2
+done) >/dev/null &
+ticker=$!
+trap 'kill "$ticker" 2>/dev/null; rm -rf "$tmp"' EXIT
+go build "${flags[@]}" -o "$tmp/" "${cmds[@]}" ./etcd
+kill "$ticker"
 # The pod sandbox is static: its image holds nothing but this file.
 CGO_ENABLED=0 go build "${flags[@]}" -o "$tmp/pause" ./pause
 rm -rf "$out"

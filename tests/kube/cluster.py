@@ -7,9 +7,10 @@ of them runs in a network namespace made for the cluster, with only loopback and
 node's own address: nothing listens on the host and no port can clash with anything.
 
 What the host lacks is made here: certificates (openssl), the pod sandbox image (a static
-`pause` built with the cluster), and cluster DNS and volumes: tests/kube/addons.py answers Service
-and StatefulSet pod names from the API, as CoreDNS would, and gives each claim of the
-default StorageClass a host directory, as local-path-provisioner would).
+`pause` built with the cluster), cluster DNS and volumes (tests/kube/addons.py answers
+Service and StatefulSet pod names from the API, as CoreDNS would, and gives each claim of
+the default StorageClass a host directory, as local-path-provisioner would). The parts'
+config files come from node_files.py, the certificates from pki.py.
 
 Test code reaches the cluster through `Cluster.run` (a command inside the namespace,
 kubectl among them) and `Cluster.call` (a Python function on a thread that joined the
@@ -30,7 +31,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -38,39 +38,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.kube import node_files
+from tests.kube.pki import Pki
+from tests.kube.shell import ClusterError, log, sh
+from tests.kube.topology import (
+    API_URL,
+    CLUSTER_CIDR,
+    DNS_IP,
+    NETNS_PREFIX,
+    NODE_IP,
+    NODE_NAME,
+    SERVICE_CIDR,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "kube" / "build.sh"
 ADDONS_SCRIPT = Path(__file__).resolve().parent / "addons.py"
-
-NETNS_PREFIX = "unison-kube-"
-NODE_NAME = "unison-node"
-NODE_IP = "10.201.0.1"  # the node's only address, on a link inside the namespace
-POD_CIDR = "10.244.0.0/24"
-POD_GATEWAY = "10.244.0.1"
-SERVICE_CIDR = "10.96.0.0/16"
-API_SERVICE_IP = "10.96.0.1"
-DNS_IP = NODE_IP  # kubelet's clusterDNS: tests/kube/addons.py listens here
-PAUSE_IMAGE = "registry.k8s.io/pause:unison"
 CLONE_NEWNET = 0x40000000
 
 T = TypeVar("T")
-
-# The default StorageClass; tests/kube/addons.py provisions and expands its volumes.
-STORAGE_CLASS_OBJ = {
-    "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
-    "metadata": {"name": "standard",
-                 "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-    "provisioner": "unison.test/hostpath", "reclaimPolicy": "Delete",
-    "volumeBindingMode": "Immediate", "allowVolumeExpansion": True,
-}
-
-
-class ClusterError(RuntimeError):
-    """The harness could not start the cluster; the message says which part and why."""
-
-
-def log(msg: str) -> None:
-    print(f"[kube] {msg}", file=sys.stderr, flush=True)
 
 
 def build_binaries() -> Path:
@@ -79,78 +65,6 @@ def build_binaries() -> Path:
     if r.returncode != 0:
         raise ClusterError(f"{BUILD_SCRIPT.name} failed (exit {r.returncode}); its output is above")
     return Path(r.stdout.strip().splitlines()[-1])
-
-
-def _sh(*cmd: str, check: bool = True, input: str | bytes | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(cmd), capture_output=True, text=not isinstance(input, bytes),
-                       input=input, timeout=timeout)
-    if check and r.returncode != 0:
-        err = r.stderr if isinstance(r.stderr, str) else r.stderr.decode(errors="replace")
-        raise ClusterError(f"{' '.join(cmd)} failed ({r.returncode}): {err.strip()}")
-    return r
-
-
-# ---------------------------------------------------------------- certificates
-
-
-@dataclass
-class Pki:
-    """A CA and the certificates the control plane needs, made with openssl."""
-
-    dir: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.dir / "ca.crt"
-
-    def crt(self, name: str) -> Path:
-        return self.dir / f"{name}.crt"
-
-    def key(self, name: str) -> Path:
-        return self.dir / f"{name}.key"
-
-    def make(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        d = str(self.dir)
-        _sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3",
-            "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt", "-subj", "/CN=unison-test-ca")
-        sans = ",".join([f"IP:{API_SERVICE_IP}", f"IP:{NODE_IP}", "IP:127.0.0.1",
-                         "DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
-                         "DNS:kubernetes.default.svc.cluster.local", "DNS:localhost"])
-        self._issue("apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}")
-        # One identity for the cluster's own parts (controller-manager, scheduler, kubelet,
-        # kube-proxy, the DNS responder, the test): system:masters. The operator, the part
-        # under test, runs with the chart's ServiceAccount and RBAC like in production.
-        self._issue("admin", "/O=system:masters/CN=unison-test-admin", None)
-        # The service-account token signing key pair.
-        _sh("openssl", "genrsa", "-out", f"{d}/sa.key", "2048")
-        _sh("openssl", "rsa", "-in", f"{d}/sa.key", "-pubout", "-out", f"{d}/sa.pub")
-
-    def _issue(self, name: str, subject: str, ext: str | None) -> None:
-        d = str(self.dir)
-        _sh("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{d}/{name}.key",
-            "-out", f"{d}/{name}.csr", "-subj", subject)
-        args = ["openssl", "x509", "-req", "-in", f"{d}/{name}.csr", "-CA", f"{d}/ca.crt",
-                "-CAkey", f"{d}/ca.key", "-CAcreateserial", "-days", "3",
-                "-out", f"{d}/{name}.crt"]
-        if ext:
-            extfile = self.dir / f"{name}.ext"
-            extfile.write_text(ext + "\n")
-            args += ["-extfile", str(extfile)]
-        _sh(*args)
-
-    def kubeconfig(self, path: Path, server: str, cert: str = "admin") -> Path:
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "unison-test",
-            "clusters": [{"name": "unison-test", "cluster": {
-                "server": server, "certificate-authority": str(self.ca)}}],
-            "users": [{"name": cert, "user": {
-                "client-certificate": str(self.crt(cert)), "client-key": str(self.key(cert))}}],
-            "contexts": [{"name": "unison-test", "context": {
-                "cluster": "unison-test", "user": cert, "namespace": "default"}}],
-        }, indent=1))
-        return path
 
 
 # ---------------------------------------------------------------- the namespace
@@ -178,7 +92,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _netns_names() -> list[str]:
-    return [line.split()[0] for line in _sh("ip", "netns", "list", check=False).stdout.splitlines()
+    return [line.split()[0] for line in sh("ip", "netns", "list", check=False).stdout.splitlines()
             if line.split()]
 
 
@@ -194,12 +108,12 @@ def sweep_stale() -> None:
         if _pid_alive(owner):
             continue
         log(f"removing namespace {name} left by a run that died (pid {owner})")
-        for pid in _sh("ip", "netns", "pids", name, check=False).stdout.split():
+        for pid in sh("ip", "netns", "pids", name, check=False).stdout.split():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
                 pass
-        _sh("ip", "netns", "del", name, check=False)
+        sh("ip", "netns", "del", name, check=False)
 
 
 # ---------------------------------------------------------------- the cluster
@@ -337,10 +251,21 @@ class Cluster:
         self._network()
         self.pki.make()
         self.timings["certificates"] = time.monotonic() - t0
-        api = "https://127.0.0.1:6443"
-        self.pki.kubeconfig(self.kubeconfig, api)
-        pki = self.pki
+        self.pki.kubeconfig(self.kubeconfig, API_URL)
+        self._control_plane()
+        self._node()
+        everything = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons",
+                      "containerd", "kubelet", "kube-proxy"]
+        self._wait("node Ready", self._node_ready, 120, everything)
+        self._wait("default ServiceAccount", lambda: self.kubectl(
+            "get", "serviceaccount", "default", check=False).returncode == 0, 60, everything)
+        self.timings["cluster ready"] = time.monotonic() - t0
+        log(f"cluster ready in {self.timings['cluster ready']:.1f}s "
+            f"(namespace {self.netns}, files and logs in {self.workdir})")
 
+    def _control_plane(self) -> None:
+        """etcd, then the API server; the controller-manager and scheduler after it."""
+        pki = self.pki
         self._start("etcd", self.bin("etcd"), "--name", "default",
                     "--data-dir", str(self.workdir / "etcd"),
                     "--listen-client-urls", "http://127.0.0.1:2379",
@@ -373,9 +298,9 @@ class Cluster:
                     "--enable-admission-plugins", "NodeRestriction",
                     "--allow-privileged=true",
                     "--audit-log-path", str(self.logs / "audit.log"),
-                    "--audit-policy-file", str(self._audit_policy()),
+                    "--audit-policy-file", str(node_files.audit_policy(self.workdir)),
                     "--endpoint-reconciler-type", "lease")
-        self._wait("kube-apiserver ready", lambda: self._https_ok(f"{api}/readyz"), 90,
+        self._wait("kube-apiserver ready", lambda: self._https_ok(f"{API_URL}/readyz"), 90,
                    ["kube-apiserver"])
 
         self._start("kube-controller-manager", self.bin("kube-controller-manager"),
@@ -385,7 +310,7 @@ class Cluster:
                     "--use-service-account-credentials",
                     "--service-account-private-key-file", str(pki.dir / "sa.key"),
                     "--root-ca-file", str(pki.ca),
-                    "--cluster-cidr", "10.244.0.0/16", "--allocate-node-cidrs=false",
+                    "--cluster-cidr", CLUSTER_CIDR, "--allocate-node-cidrs=false",
                     "--service-cluster-ip-range", SERVICE_CIDR,
                     "--bind-address", "127.0.0.1", "--leader-elect=false")
         self._start("kube-scheduler", self.bin("kube-scheduler"),
@@ -393,33 +318,33 @@ class Cluster:
                     "--authentication-kubeconfig", str(self.kubeconfig),
                     "--authorization-kubeconfig", str(self.kubeconfig),
                     "--bind-address", "127.0.0.1", "--leader-elect=false")
+
+    def _node(self) -> None:
+        """The add-ons, containerd with the pause image, the kubelet and kube-proxy."""
+        pki = self.pki
         self._start("addons", sys.executable, str(ADDONS_SCRIPT), "--listen", DNS_IP,
                     "--kubeconfig", str(self.kubeconfig),
                     "--volumes", str(self.workdir / "volumes"))
-        self.kubectl("apply", "-f", "-", input=json.dumps(STORAGE_CLASS_OBJ))
-        self._start("containerd", "containerd", "--config", str(self._containerd_config()))
+        self.kubectl("apply", "-f", "-", input=json.dumps(node_files.STORAGE_CLASS))
+        self._start("containerd", "containerd", "--config", str(node_files.containerd_config(
+            self.workdir, self.containerd_sock)))
         self._wait("containerd up", self.containerd_sock.exists, 30, ["containerd"])
-        self._pause_image()
+        self.ctr("images", "import", "-",
+                 input=node_files.pause_image((self.bins / "pause").read_bytes()))
         self._start("kubelet", self.bin("kubelet"),
-                    "--config", str(self._kubelet_config()),
+                    "--config", str(node_files.kubelet_config(
+                        self.workdir, self.containerd_sock, pki.ca)),
                     "--kubeconfig", str(self.kubeconfig),
                     "--root-dir", str(self.workdir / "kubelet"),
                     "--node-ip", NODE_IP, "--hostname-override", NODE_NAME, "--v=1")
-        self._start("kube-proxy", self.bin("kube-proxy"), "--config", str(self._proxy_config()))
-        everything = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "addons",
-                      "containerd", "kubelet", "kube-proxy"]
-        self._wait("node Ready", self._node_ready, 120, everything)
-        self._wait("default ServiceAccount", lambda: self.kubectl(
-            "get", "serviceaccount", "default", check=False).returncode == 0, 60, everything)
-        self.timings["cluster ready"] = time.monotonic() - t0
-        log(f"cluster ready in {self.timings['cluster ready']:.1f}s "
-            f"(namespace {self.netns}, files and logs in {self.workdir})")
+        self._start("kube-proxy", self.bin("kube-proxy"), "--config",
+                    str(node_files.proxy_config(self.workdir, self.kubeconfig)))
 
     def _network(self) -> None:
         sweep_stale()
         self._foreign_netns = set(_netns_names())
         ns = self.netns
-        _sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "add", ns)
         for cmd in (["link", "set", "lo", "up"],
                     # A veth pair (these kernels have no dummy links) carries the address.
                     ["link", "add", "node0", "type", "veth", "peer", "name", "node0-end"],
@@ -429,105 +354,10 @@ class Cluster:
                     # Without a route, a connect() to a ClusterIP fails before kube-proxy's
                     # DNAT rewrites it; the rewritten address then routes to the pod bridge.
                     ["route", "add", SERVICE_CIDR, "dev", "node0"]):
-            _sh("ip", "-n", ns, *cmd)
+            sh("ip", "-n", ns, *cmd)
         for key, value in (("net.ipv4.ip_forward", "1"),
                            ("net.bridge.bridge-nf-call-iptables", "1")):
-            _sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}")
-
-    def _audit_policy(self) -> Path:
-        # Metadata of every request the operator's ServiceAccount makes: the tests count
-        # what was forbidden (403) from the API server's side, not from the operator's log.
-        path = self.workdir / "audit-policy.yaml"
-        path.write_text(textwrap.dedent("""\
-            apiVersion: audit.k8s.io/v1
-            kind: Policy
-            omitStages: [RequestReceived]
-            rules:
-              - level: Metadata
-                userGroups: ["system:serviceaccounts", "system:unauthenticated"]
-              - level: None
-            """))
-        return path
-
-    def _containerd_config(self) -> Path:
-        c = self.workdir / "containerd"
-        net = self.workdir / "cni" / "net.d"
-        (net / "10-unison.conflist").write_text(json.dumps({
-            "cniVersion": "0.4.0", "name": "unison-pods",
-            "plugins": [
-                {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
-                 "hairpinMode": True,
-                 "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR,
-                                                             "gateway": POD_GATEWAY}]],
-                          "routes": [{"dst": "0.0.0.0/0"}],
-                          "dataDir": str(self.workdir / "cni" / "ipam")}},
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ]}, indent=1))
-        path = c / "config.toml"
-        path.write_text(textwrap.dedent(f"""\
-            version = 2
-            root = "{c}/root"
-            state = "{c}/state"
-            [grpc]
-              address = "{self.containerd_sock}"
-            [ttrpc]
-              address = "{c}/containerd.sock.ttrpc"
-            [debug]
-              level = "warn"
-            [plugins."io.containerd.grpc.v1.cri"]
-              sandbox_image = "{PAUSE_IMAGE}"
-              # This machine withholds CAP_SYS_RESOURCE: without this every sandbox fails
-              # with "can't get final child's PID from pipe".
-              restrict_oom_score_adj = true
-              enable_unprivileged_ports = true
-              [plugins."io.containerd.grpc.v1.cri".containerd]
-                snapshotter = "overlayfs"
-                default_runtime_name = "runc"
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-                  runtime_type = "io.containerd.runc.v2"
-                  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-                    SystemdCgroup = false
-              [plugins."io.containerd.grpc.v1.cri".cni]
-                bin_dir = "/usr/lib/cni"
-                conf_dir = "{net}"
-            """))
-        return path
-
-    def _kubelet_config(self) -> Path:
-        resolv = self.workdir / "resolv.conf"
-        resolv.write_text("")  # pods resolve through clusterDNS only
-        path = self.workdir / "kubelet.yaml"
-        path.write_text(json.dumps({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            # These VMs run cgroup v1 (kubelet refuses it unless told) without systemd.
-            "failCgroupV1": False, "cgroupDriver": "cgroupfs",
-            "containerRuntimeEndpoint": f"unix://{self.containerd_sock}",
-            "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False},
-                               "x509": {"clientCAFile": str(self.pki.ca)}},
-            "authorization": {"mode": "AlwaysAllow"},
-            "clusterDNS": [DNS_IP], "clusterDomain": "cluster.local",
-            "resolvConf": str(resolv), "failSwapOn": False, "readOnlyPort": 0,
-            "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
-            "podLogsDir": str(self.workdir / "pods-logs"),
-            # The machine's disk is shared; never evict the test's pods for it.
-            "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%",
-                             "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "serializeImagePulls": False, "registerNode": True,
-        }, indent=1))
-        return path
-
-    def _proxy_config(self) -> Path:
-        path = self.workdir / "kube-proxy.yaml"
-        path.write_text(json.dumps({
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
-            "mode": "iptables", "clusterCIDR": "10.244.0.0/16", "hostnameOverride": NODE_NAME,
-            # conntrack sysctls are read-only in a network namespace: leave them alone.
-            "conntrack": {"maxPerCore": 0},
-            "metricsBindAddress": "127.0.0.1:10249", "healthzBindAddress": "127.0.0.1:10256",
-        }, indent=1))
-        return path
+            sh("ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}")
 
     def _node_ready(self) -> bool:
         node = self.get_json("node", NODE_NAME)
@@ -536,38 +366,8 @@ class Cluster:
 
     def ctr(self, *args: str, input: bytes | None = None,
             timeout: float = 300) -> subprocess.CompletedProcess[Any]:
-        return _sh("ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args,
+        return sh("ctr", "--address", str(self.containerd_sock), "-n", "k8s.io", *args,
                    input=input, timeout=timeout)
-
-    def _pause_image(self) -> None:
-        """A one-file image of our static pause, in docker-save format, imported."""
-        import io
-        import tarfile
-
-        binary = (self.bins / "pause").read_bytes()
-        layer = io.BytesIO()
-        with tarfile.open(fileobj=layer, mode="w") as t:
-            info = tarfile.TarInfo("pause")
-            info.size, info.mode = len(binary), 0o755
-            t.addfile(info, io.BytesIO(binary))
-        layer_bytes = layer.getvalue()
-        import hashlib
-
-        diff_id = "sha256:" + hashlib.sha256(layer_bytes).hexdigest()
-        config = json.dumps({"architecture": "amd64", "os": "linux",
-                             "config": {"Entrypoint": ["/pause"]},
-                             "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
-        config_name = hashlib.sha256(config).hexdigest() + ".json"
-        out = io.BytesIO()
-        with tarfile.open(fileobj=out, mode="w") as t:
-            for name, data in (("layer.tar", layer_bytes), (config_name, config),
-                               ("manifest.json", json.dumps([{
-                                   "Config": config_name, "RepoTags": [PAUSE_IMAGE],
-                                   "Layers": ["layer.tar"]}]).encode())):
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-        self.ctr("images", "import", "-", input=out.getvalue())
 
     def load_image(self, image: str) -> None:
         """A Docker image into the node's containerd, as `kind load docker-image` does."""
@@ -600,7 +400,7 @@ class Cluster:
                      "addons"):
             self._kill(name)
         # Every process left in the namespace: pods, their shims, containerd.
-        for pid in _sh("ip", "netns", "pids", self.netns, check=False).stdout.split():
+        for pid in sh("ip", "netns", "pids", self.netns, check=False).stdout.split():
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except (ProcessLookupError, ValueError):
@@ -609,11 +409,11 @@ class Cluster:
         for name in list(self.procs):
             self._kill(name)
         self._unmount_all()
-        _sh("ip", "netns", "del", self.netns, check=False)
+        sh("ip", "netns", "del", self.netns, check=False)
         # containerd is gone before it could remove its pods' namespaces.
         for name in set(_netns_names()) - self._foreign_netns:
             if name.startswith("cni-"):
-                _sh("ip", "netns", "del", name, check=False)
+                sh("ip", "netns", "del", name, check=False)
 
     def _kill(self, name: str) -> None:
         p = self.procs.pop(name, None)
@@ -650,7 +450,8 @@ class Cluster:
 
 
 def new_cluster(keep: bool = False) -> Cluster:
-    """Build or restore the binaries, make a work directory and start a cluster."""
+    """Build or restore the binaries, make a work directory and start a cluster
+    (`keep`: leave the work directory with its logs behind if the start fails)."""
     for tool in ("ip", "nsenter", "openssl", "containerd", "runc", "iptables", "ctr"):
         if shutil.which(tool) is None:
             raise ClusterError(f"{tool} is not installed (run: bash scripts/kube/prepare.sh)")
@@ -665,6 +466,8 @@ def new_cluster(keep: bool = False) -> Cluster:
         cluster.start()
     except BaseException:
         cluster.stop()
+        if not keep:  # the error already carries the failing part's log
+            shutil.rmtree(workdir, ignore_errors=True)
         raise
     return cluster
 
