@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -19,6 +20,7 @@ from tests.kube.cluster import Cluster, ClusterError, log, new_cluster
 from tests.kube.e2e import Operator, install_operator
 
 REQUIRED = os.environ.get("UNISON_REQUIRE_KUBE") == "1"
+_timings: dict[str, float] = {}  # the session cluster's phases, for the closing summary
 
 
 def _unavailable() -> str | None:
@@ -47,21 +49,30 @@ def cluster() -> Iterator[Cluster]:
         if REQUIRED:
             pytest.fail(f"UNISON_REQUIRE_KUBE=1 but the cluster cannot run: {reason}")
         pytest.skip(reason)
+    keep = os.environ.get("UNISON_KUBE_KEEP") == "1"
     try:
-        c = new_cluster()
-        c.load_image(IMAGE)
+        c = new_cluster(keep)
     except ClusterError as e:
         pytest.fail(f"the test cluster did not start: {e}")
     try:
+        try:
+            c.load_image(IMAGE)
+        except ClusterError as e:
+            pytest.fail(f"the test cluster did not start: {e}")
         yield c
     finally:
-        keep = os.environ.get("UNISON_KUBE_KEEP") == "1"
         c.stop()
         if keep:
             log(f"kept {c.workdir} (UNISON_KUBE_KEEP=1)")
         else:
             shutil.rmtree(c.workdir, ignore_errors=True)
-        log("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in c.timings.items()))
+        _timings.update(c.timings)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _timings:
+        terminalreporter.write_line("real Kubernetes cluster: " + ", ".join(
+            f"{k} {v:.1f}s" for k, v in _timings.items()))
 
 
 @pytest.fixture(scope="session")
