@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from unison.errors import ConfigError  # re-exported: unison.config.ConfigError
+
 log = logging.getLogger(__name__)
 
 # Port convention shared by local mode and Kubernetes: the i-th node (1-based,
@@ -34,10 +36,6 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # Plaintext gRPC is opt-in (UnisonDB's default); say so where a TLS path is missing.
 _TLS_REQUIRED = ("required when allow_insecure = false (the default); set allow_insecure = true "
                  "for plaintext gRPC")
-
-
-class ConfigError(ValueError):
-    """A config problem, already phrased for a person: names the file and the key."""
 
 
 @dataclass

@@ -19,16 +19,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from unison.config import ConfigError, NodeConfig, load_config
+from unison.config import NodeConfig, load_config
+from unison.errors import ConfigError, StartupError
 from unison.storage import NamespaceStore
 
 log = logging.getLogger("unison.node")
 
 ROLES = ("replicator", "relayer")
-
-
-class StartupError(RuntimeError):
-    """Start-up failed for a reason a person can fix (port in use, unreadable dir...)."""
 
 
 class FollowerLike(Protocol):

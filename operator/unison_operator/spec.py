@@ -41,6 +41,7 @@ from unison.config import (
     PortAllocation,
     plan_cluster,
 )
+from unison.errors import SpecError  # re-exported: unison_operator.spec.SpecError
 
 GROUP = "unisondb.io"
 VERSION = "v1alpha1"
@@ -73,10 +74,6 @@ _QUANTITY_SUFFIX = {
     "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
 }
-
-
-class SpecError(ValueError):
-    """An invalid UnisonCluster; the message starts with the offending field path."""
 
 
 # ---------------------------------------------------------------- dataclasses

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from unison.config import NotifierConfig, WriteNotifyConfig
-from unison.node import StartupError
+from unison.errors import StartupError
 from unison.notify.message import encode_notification, topic
 from unison.storage import NamespaceStore, Record
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 
 from unison.config import GrpcConfig
+from unison.errors import StartupError
 from unison.replication import replication_pb2 as pb
 from unison.replication import replication_pb2_grpc as pb_grpc
 from unison.replication.tls import TLSConfigError, server_credentials
@@ -269,8 +270,6 @@ class ReplicationServer:
         return f"{self.cfg.listen_ip}:{self.port}"
 
     async def start(self) -> None:
-        from unison.node import StartupError
-
         # so_reuseport off: a second node on the same port must fail, not share it.
         server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
         _add_servicer(self._servicer, server)
