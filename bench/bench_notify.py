@@ -228,7 +228,8 @@ def _latencies(starts: dict[str, int], arrivals: dict[str, int]) -> dict[str, An
 
 
 def _node_configs(workdir: Path) -> tuple[Any, Any]:
-    from unison.config import LogConfig, plan_cluster
+    from unison.config import LogConfig
+    from unison.topology.plan import plan_cluster
 
     grpc_port = free_port()
     dc1_plan, relayer_plan = plan_cluster(

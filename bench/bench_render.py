@@ -46,8 +46,8 @@ def cluster_manifest(datacenters: int) -> dict[str, Any]:
 
 
 def run(profile: str) -> Outcome:
+    from unison.topology.spec import parse_cluster
     from unison_operator.render import render
-    from unison_operator.spec import parse_cluster
 
     sizes = SIZES[profile]
     manifest = cluster_manifest(sizes.datacenters)

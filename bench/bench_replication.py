@@ -110,7 +110,8 @@ def plan(workdir: Path, relayers: int) -> tuple[Any, list[Any]]:
     """dc1 and `relayers` relayers following it, on free ports, quiet logs."""
     import copy
 
-    from unison.config import LogConfig, plan_cluster
+    from unison.config import LogConfig
+    from unison.topology.plan import plan_cluster
 
     dc1_grpc = free_port()
     dc1_plan, relayer_plan = plan_cluster(

@@ -100,7 +100,7 @@ class Node:
             writable: frozenset[str] = frozenset()
         else:
             writable = frozenset(self.stores)
-            if cfg.relayers:
+            if cfg.upstreams:
                 log.warning("relayer_config is ignored by a replicator; start with 'relayer' "
                             "to follow upstreams")
         self.ctx = NodeContext(cfg, self.role, self.stores, writable)
@@ -124,7 +124,7 @@ class Node:
         if self.role == "relayer":
             from unison.replication.follower import Follower
 
-            for up in cfg.relayers:
+            for up in cfg.upstreams:
                 for ns in up.namespaces:
                     follower = Follower(self.stores[ns], up)
                     follower.start()

@@ -39,7 +39,18 @@ from typing import Any
 
 import aiohttp
 import kopf
-from unison.config import PortAllocation
+from unison.topology.plan import PortAllocation
+from unison.topology.spec import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    ClusterSpec,
+    SpecError,
+    parse_cluster,
+    quantity_value,
+)
 
 from .kube import KubeClient, KubeError
 from .render import (
@@ -50,17 +61,6 @@ from .render import (
     allocation_to_status,
     port_allocation,
     render,
-)
-from .spec import (
-    API_VERSION,
-    GROUP,
-    KIND,
-    PLURAL,
-    VERSION,
-    ClusterSpec,
-    SpecError,
-    parse_cluster,
-    quantity_value,
 )
 
 READY = "Ready"  # condition: every part has its pods ready

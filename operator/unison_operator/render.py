@@ -13,16 +13,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from unison.config import (
+from unison.config import render_toml
+from unison.topology.plan import (
     RELAYER_NAME,
     NodePlan,
     PortAllocation,
     allocation_of,
     node_ports,
-    render_toml,
 )
-
-from .spec import API_VERSION, KIND, ClusterSpec, PlacementSpec, StorageSpec
+from unison.topology.spec import API_VERSION, KIND, ClusterSpec, PlacementSpec, StorageSpec
 
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/unison"
@@ -86,7 +85,7 @@ def digest(value: Any) -> str:
 def k8s_plans(spec: ClusterSpec, name: str, namespace: str,
               ports: PortAllocation | None = None) -> list[NodePlan]:
     """Node plans as the pods see them: data in /data, upstreams via headless-Service DNS;
-    `ports` is the allocation the cluster already has (see unison.config.PortAllocation)."""
+    `ports` is the allocation the cluster already has (see unison.topology.plan.PortAllocation)."""
     names = Names(name)
 
     def upstream(dc: str, port: int) -> str:

@@ -11,9 +11,9 @@ import argparse
 import sys
 
 import yaml
+from unison.topology.spec import SpecError, load_cluster
 
 from .render import render
-from .spec import SpecError, load_cluster
 
 
 class _Dumper(yaml.SafeDumper):

@@ -16,8 +16,9 @@ from pathlib import Path
 import helm_python as helm
 import pytest
 import yaml
-from unison.config import plan_cluster, render_toml
+from unison.config import render_toml
 from unison.local.scenarios import DC1, DC2, RELAYER_READS, seed_scenarios
+from unison.topology.plan import plan_cluster
 
 from tests.container.harness import (
     IMAGE,

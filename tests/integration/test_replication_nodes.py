@@ -204,7 +204,7 @@ def test_two_hops_dc1_to_relayer_a_to_relayer_b(
     cfg.http_port, cfg.grpc.port = free_port(), free_port()
     cfg.storage.base_dir = str(tmp_path / "relayer-b" / "data")
     cfg.notifiers = []
-    cfg.relayers[0].upstream_address = f"{HOST}:{relay_a.grpc_port}"
+    cfg.upstreams[0].upstream_address = f"{HOST}:{relay_a.grpc_port}"
     relay_b = nodes["relayer-b"] = NodeProcess("relayer-b", "relayer", cfg, tmp_path / "relayer-b")
     for node in (dc1, relay_a, relay_b):
         node.start(wait=False)
@@ -242,7 +242,7 @@ def test_relayer_is_not_ready_while_its_upstream_is_gone_and_ready_again_after(
         tmp_path: Path, nodes: dict[str, NodeProcess]) -> None:
     c = _seed(tmp_path, nodes, ["dc1"])
     dc1, relayer = c["dc1"], c["relayer"]
-    relayer.config.relayers[0].segment_lag_threshold = 5
+    relayer.config.upstreams[0].segment_lag_threshold = 5
     dc1.start()
     relayer.start()
     write_batches(dc1, DC1, 50, "before-")
@@ -289,7 +289,7 @@ def test_relayer_with_an_unresolvable_upstream_says_why_in_its_log_and_readyz(
     # What a typo in an upstream's name (or a Service not created yet) looks like.
     c = _seed(tmp_path, nodes, ["dc1"])
     relayer = c["relayer"]
-    relayer.config.relayers[0].upstream_address = "nonexistent.invalid:4001"
+    relayer.config.upstreams[0].upstream_address = "nonexistent.invalid:4001"
     relayer.start(wait=False)
     relayer.wait_healthy()
     wait_for(lambda: "nonexistent.invalid" in (_readyz(relayer)[1].get("error") or ""),

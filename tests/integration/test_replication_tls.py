@@ -185,7 +185,7 @@ def test_tls_between_node_processes(tmp_path: Path, pki: dict[str, str]) -> None
     g = dc1.config.grpc
     g.allow_insecure, g.cert_path, g.key_path, g.ca_path = (
         False, pki["server.crt"], pki["server.key"], pki["ca.crt"])
-    up = relayer.config.relayers[0]
+    up = relayer.config.upstreams[0]
     up.allow_insecure, up.ca_path, up.cert_path, up.key_path = (
         False, pki["ca.crt"], pki["client.crt"], pki["client.key"])
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from unison.topology.spec import parse_cluster
 from unison_operator.render import allocation_from_status, render
-from unison_operator.spec import parse_cluster
 
 from .conftest import (
     NS,

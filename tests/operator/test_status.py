@@ -10,6 +10,7 @@ import kopf
 import pytest
 import yaml
 from aiohttp import web
+from unison.topology.spec import load_cluster
 from unison_operator.handlers import (
     OperatorConfig,
     PartState,
@@ -21,7 +22,6 @@ from unison_operator.handlers import (
 )
 from unison_operator.kube import KubeClient, KubeError
 from unison_operator.render import render
-from unison_operator.spec import load_cluster
 
 from .conftest import NS, ROOT, ApiServerEmulator, live
 

@@ -15,9 +15,9 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 import yaml
+from unison.topology.spec import parse_cluster
 from unison_operator import kube, run
 from unison_operator.render import render
-from unison_operator.spec import parse_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "unison-operator"

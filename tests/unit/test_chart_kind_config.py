@@ -7,7 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
-from unison_operator.spec import ZONE_LABEL
+from unison.topology.spec import ZONE_LABEL
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,9 +27,9 @@ from unison.config import (
     parse_config,
     parse_duration,
     parse_size,
-    plan_cluster,
     render_toml,
 )
+from unison.topology.plan import plan_cluster
 
 MINIMAL = {"http_port": 8001, "storage_config": {"base_dir": "/data", "namespaces": ["ns1"]}}
 
@@ -55,7 +55,7 @@ def test_minimal_config_gets_defaults() -> None:
     cfg = parse_config(MINIMAL, "dc1.toml")
     assert cfg.http_port == 8001 and cfg.source == "dc1.toml"
     assert cfg.storage == StorageConfig(base_dir="/data", namespaces=["ns1"])
-    assert cfg.relayers == [] and cfg.notifiers == []
+    assert cfg.upstreams == [] and cfg.notifiers == []
     assert cfg.write_notify.enabled is True and cfg.log.log_level == "info"
 
 
@@ -71,7 +71,7 @@ def test_everything_round_trips_through_toml() -> None:
             wal_cleanup=WalCleanupConfig(enabled=True, interval=90.0, max_age=5 * 3600.0,
                                          max_records=5000, min_segments=5, max_segments=10)),
         write_notify=WriteNotifyConfig(enabled=False, max_delay=0.02),
-        relayers=[
+        upstreams=[
             UpstreamConfig("dc1", ["ad-campaign-dc1"], "dc1-0.dc1:4001", segment_lag_threshold=10,
                            allow_insecure=True),
             UpstreamConfig("dc2", ["ad-campaign-dc2"], "127.0.0.1:4002", allow_insecure=False,
@@ -104,7 +104,7 @@ def test_plan_cluster_follows_the_port_convention() -> None:
     ]
     relayer = plans[-1]
     assert relayer.notifier_ports == {"ad-campaign-dc1": 5555, "ad-campaign-dc2": 5556}
-    assert [(u.name, u.namespaces, u.upstream_address) for u in relayer.config.relayers] == [
+    assert [(u.name, u.namespaces, u.upstream_address) for u in relayer.config.upstreams] == [
         ("dc1", ["ad-campaign-dc1"], "dc1.svc:4001"), ("dc2", ["ad-campaign-dc2"], "dc2.svc:4002")]
     assert relayer.config.storage.base_dir == "/data/relayer"
 
@@ -180,12 +180,12 @@ def test_seed_relayer_config_loads_unchanged(tmp_path: Path,
                                                        max_age=3600.0, min_segments=5,
                                                        max_segments=10)
     assert cfg.write_notify == WriteNotifyConfig(enabled=True, max_delay=0.02)
-    assert cfg.relayers == [
+    assert cfg.upstreams == [
         UpstreamConfig("relayer1", ["ad-campaign-dc1"], "127.0.0.1:4001", 10, True),
         UpstreamConfig("relayer2", ["ad-campaign-dc2"], "127.0.0.1:4002", 10, True),
     ]
-    assert cfg.followed_namespaces() == {"ad-campaign-dc1": cfg.relayers[0],
-                                         "ad-campaign-dc2": cfg.relayers[1]}
+    followed = {ns: up for up in cfg.upstreams for ns in up.namespaces}
+    assert followed == {"ad-campaign-dc1": cfg.upstreams[0], "ad-campaign-dc2": cfg.upstreams[1]}
     assert cfg.notifiers == [NotifierConfig("ad-campaign-dc1", 5555, 1000, 1000),
                              NotifierConfig("ad-campaign-dc2", 5556, 1000, 1000)]
 
@@ -271,13 +271,13 @@ def test_plaintext_grpc_is_opt_in() -> None:
                                relayer_config={"r1": {"namespaces": ["ns1"],
                                                       "upstream_address": "a:1",
                                                       "allow_insecure": True}}), "x.toml")
-    assert asked.grpc.allow_insecure and asked.relayers[0].allow_insecure
+    assert asked.grpc.allow_insecure and asked.upstreams[0].allow_insecure
     tls = parse_config(with_(MINIMAL, grpc_config={"port": 4001, "cert_path": "/c",
                                                    "key_path": "/k"},
                              relayer_config={"r1": {"namespaces": ["ns1"],
                                                     "upstream_address": "a:1",
                                                     "ca_path": "/ca"}}), "x.toml")
-    assert not tls.grpc.allow_insecure and not tls.relayers[0].allow_insecure
+    assert not tls.grpc.allow_insecure and not tls.upstreams[0].allow_insecure
     # No replication server (no grpc_config or port 0): nothing to secure, nothing required.
     assert not parse_config(MINIMAL, "x.toml").grpc.allow_insecure
     assert GrpcConfig().allow_insecure is False

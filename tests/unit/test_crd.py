@@ -15,7 +15,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from unison_operator.spec import (
+from unison.topology.spec import (
     DEFAULT_CLIENT_STATE_PORT,
     DEFAULT_IMAGE,
     DEFAULT_STORAGE_SIZE,

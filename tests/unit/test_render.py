@@ -13,6 +13,7 @@ import pytest
 import yaml
 from unison.config import NodeConfig, parse_config, render_toml
 from unison.local.cluster import plan_local
+from unison.topology.spec import load_cluster, parse_cluster
 from unison_operator.render import (
     CONFIG_HASH_ANNOTATION,
     HASH_ANNOTATION,
@@ -22,7 +23,6 @@ from unison_operator.render import (
     render,
 )
 from unison_operator.render_cli import main as render_main
-from unison_operator.spec import load_cluster, parse_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ad-campaign.yaml"
@@ -184,8 +184,8 @@ def test_configmap_toml_is_what_unison_up_writes_apart_from_paths_and_addresses(
         cfg.source = ""
         cfg.storage.base_dir = "/data"
         cfg.http.listen_ip = cfg.grpc.listen_ip = "any"
-        cfg.relayers = [dataclasses.replace(u, upstream_address=u.upstream_address.rsplit(":")[-1])
-                        for u in cfg.relayers]
+        cfg.upstreams = [dataclasses.replace(u, upstream_address=u.upstream_address.rsplit(":")[-1])
+                        for u in cfg.upstreams]
         return cfg
 
     for node in local_cluster.nodes:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from unison_operator.spec import SpecError, load_cluster, parse_cluster
+from unison.topology.spec import SpecError, load_cluster, parse_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ad-campaign.yaml"
@@ -30,7 +30,8 @@ def test_example_parses_with_the_seed_topology_and_defaults() -> None:
     assert c.datacenters[0].storage.size == "1Gi"
     assert c.datacenters[0].storage.reclaim_policy == "Retain"  # PVCs are kept by default
     assert c.client.enabled and c.client.state_port == 8090
-    assert c.followed_namespaces() == ["ad-campaign-dc1", "ad-campaign-dc2"]
+    relayer = c.plan(base_dir="/d")[-1]  # its namespaces in notifier-port order
+    assert relayer.config.storage.namespaces == ["ad-campaign-dc1", "ad-campaign-dc2"]
 
 
 def test_a_bare_spec_gets_every_default() -> None:
@@ -52,7 +53,7 @@ def test_local_plan_matches_the_seed_ports(tmp_path: Path) -> None:
     ]
     relayer = plans[-1]
     assert relayer.notifier_ports == {"ad-campaign-dc1": 5555, "ad-campaign-dc2": 5556}
-    assert [u.upstream_address for u in relayer.config.relayers] == [
+    assert [u.upstream_address for u in relayer.config.upstreams] == [
         "127.0.0.1:4001", "127.0.0.1:4002"]
     assert [p.config.storage.base_dir for p in plans] == [
         f"{tmp_path}/dc1", f"{tmp_path}/dc2", f"{tmp_path}/relayer"]
@@ -62,7 +63,7 @@ def test_plan_takes_functions_for_directories_and_upstreams() -> None:
     plans = load_cluster(EXAMPLE).plan(base_dir=lambda node: f"/srv/{node}-data",
                                        upstream_address=lambda dc, port: f"{dc}.example:{port}")
     assert plans[0].config.storage.base_dir == "/srv/dc1-data"
-    assert plans[-1].config.relayers[1].upstream_address == "dc2.example:4002"
+    assert plans[-1].config.upstreams[1].upstream_address == "dc2.example:4002"
 
 
 def _set(doc: dict[str, Any], path: str, value: Any) -> None:

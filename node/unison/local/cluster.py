@@ -1,8 +1,7 @@
 """A UnisonCluster manifest as local processes: validate, plan, render, start.
 
-The manifest is validated and planned by the operator's own code
-(`unison_operator.spec`), so a manifest that runs locally runs the same way on
-Kubernetes. Only two things differ from the operator: data directories live under a
+The manifest is validated and planned by the code the operator uses too
+(`unison.topology`), so a manifest that runs locally runs the same way on Kubernetes. Only two things differ from the operator: data directories live under a
 local folder and the relayer dials `127.0.0.1:<gRPC port>`.
 """
 
@@ -15,13 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unison.config import NodeConfig, NodePlan, render_toml
+from unison.config import NodeConfig, render_toml
+from unison.errors import SpecError
 from unison.local.console import Console
 from unison.local.procs import HOST, PortUse, ProcessGroup, ProcessSpec, StartFailure
+from unison.topology.plan import NodePlan
+from unison.topology.spec import (
+    DEFAULT_CLIENT_STATE_PORT,
+    ClusterSpec,
+    parse_cluster,
+    read_cluster_document,
+)
 
 # When the manifest does not say (spec.client.statePort): clear of the seed's 8001-8003,
 # 4001-4003 and 5555-5556.
-DEFAULT_CLIENT_PORT = 8090
+DEFAULT_CLIENT_PORT = DEFAULT_CLIENT_STATE_PORT
 READY_TIMEOUT = 60.0
 
 
@@ -39,8 +46,6 @@ class DataDirError(Exception):
 
 def load_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest's UnisonCluster document, read as the operator's `unison render` reads it."""
-    from unison_operator.spec import SpecError, read_cluster_document
-
     try:
         return read_cluster_document(path)
     except SpecError as e:
@@ -168,18 +173,16 @@ class LocalCluster:
 
 def plan_local(manifest: dict[str, Any], source: str, *, data_dir: str | Path | None = None,
                client_port: int | None = None, port_offset: int = 0) -> LocalCluster:
-    """Validate the manifest with the operator's parser and lay it out on this machine.
+    """Validate the manifest as the operator does and lay it out on this machine.
 
     `port_offset` shifts every port (HTTP, gRPC, ZeroMQ, client) so a second cluster can
     run next to one on the seed's ports.
     """
-    from unison_operator.spec import SpecError, parse_cluster
-
     try:
         spec = parse_cluster(manifest)
     except SpecError as e:
         raise ManifestError(f"{source}: {e}") from None
-    name = _cluster_name(spec, manifest)
+    name = _cluster_name(spec)
     root = Path(data_dir) if data_dir else Path(".unison") / name
     root = root.absolute()
 
@@ -193,16 +196,17 @@ def plan_local(manifest: dict[str, Any], source: str, *, data_dir: str | Path | 
             cfg.grpc.port += port_offset
         for n in cfg.notifiers:
             n.bind_port += port_offset
-        # A laptop cluster answers on loopback only.
+        # HTTP and gRPC answer on loopback only; the relayer's ZeroMQ notifiers bind every
+        # interface (tcp://*:<port>, as UnisonDB's do).
         cfg.http.listen_ip = HOST
         cfg.grpc.listen_ip = HOST
         nodes.append(LocalNode(plan, root / f"{plan.name}.toml", root / f"{plan.name}.log"))
 
     client = None
-    if _client_enabled(spec, manifest):
+    if spec.client.enabled:
         relayer = next((n for n in nodes if n.role == "relayer"), None)
         if relayer is not None:
-            default = getattr(getattr(spec, "client", None), "state_port", DEFAULT_CLIENT_PORT)
+            default = spec.client.state_port
             port = client_port if client_port is not None else default + port_offset
             client = LocalClient(
                 name="client",
@@ -219,20 +223,8 @@ def plan_local(manifest: dict[str, Any], source: str, *, data_dir: str | Path | 
     return cluster
 
 
-def _cluster_name(spec: Any, manifest: dict[str, Any]) -> str:
-    name = getattr(spec, "name", None)
-    if not name:
-        meta = manifest.get("metadata")
-        name = meta.get("name") if isinstance(meta, dict) else None
-    return str(name or "unison")
-
-
-def _client_enabled(spec: Any, manifest: dict[str, Any]) -> bool:
-    client = getattr(spec, "client", None)
-    if client is not None and hasattr(client, "enabled"):
-        return bool(client.enabled)
-    raw = (manifest.get("spec") or {}).get("client") or {}
-    return bool(raw.get("enabled", True)) if isinstance(raw, dict) else True
+def _cluster_name(spec: ClusterSpec) -> str:
+    return spec.name or "unison"  # a bare spec (no metadata) has no name
 
 
 # ---------------------------------------------------------------- start / show

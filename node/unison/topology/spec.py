@@ -1,9 +1,9 @@
 """UnisonCluster spec: parse, validate, apply defaults, plan the nodes.
 
-One parser serves both deployment modes, so a manifest means the same thing on a laptop
-and on Kubernetes:
+One parser serves both deployment modes (`unison up` and the operator import it from
+here, the data plane), so a manifest means the same thing on a laptop and on Kubernetes:
 
-    from unison_operator.spec import SpecError, load_cluster, parse_cluster
+    from unison.topology.spec import SpecError, load_cluster, parse_cluster
 
     cluster = load_cluster("examples/ad-campaign.yaml")      # or parse_cluster(dict)
     plans = cluster.plan(base_dir="/tmp/unison")              # local mode defaults
@@ -15,7 +15,7 @@ spec mapping, fills in defaults and raises `SpecError` whose message starts with
 field path (`spec.datacenters[1].name: must be unique, "dc1" is used twice`).
 
 `ClusterSpec.plan(base_dir=..., upstream_address=...)` delegates to
-`unison.config.plan_cluster`, so ports and names come from one place:
+`unison.topology.plan.plan_cluster`, so ports and names come from one place:
 - `base_dir`: a string (each node gets `<base_dir>/<node name>`) or a function
   node name -> data directory (the operator uses `lambda _: "/data"`);
 - `upstream_address(dc_name, grpc_port) -> "host:port"` the relayer dials; the default
@@ -31,17 +31,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from unison.config import (
+
+from unison.config.model import NAMESPACE_RE
+from unison.errors import SpecError
+from unison.topology.plan import (
     GRPC_BASE_PORT,
     HTTP_BASE_PORT,
-    NAMESPACE_RE,
     NOTIFIER_BASE_PORT,
     RELAYER_NAME,
     NodePlan,
     PortAllocation,
     plan_cluster,
 )
-from unison.errors import SpecError  # re-exported: unison_operator.spec.SpecError
 
 GROUP = "unisondb.io"
 VERSION = "v1alpha1"
@@ -145,10 +146,6 @@ class ClusterSpec:
             if dc.name == name:
                 return dc
         raise KeyError(name)
-
-    def followed_namespaces(self) -> list[str]:
-        """The relayer's namespaces in notifier-port order."""
-        return [ns for dc in self.relayer.follow for ns in self.datacenter(dc).namespaces]
 
     def plan(
         self,

@@ -1,0 +1,304 @@
+"""UnisonDB-style TOML -> a validated NodeConfig.
+
+Unknown keys are a warning, wrong types or missing required keys a ConfigError naming
+the file and the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unison.config.model import (
+    DEFAULT_MAX_BODY_BYTES,
+    NAMESPACE_RE,
+    GrpcConfig,
+    HttpConfig,
+    LogConfig,
+    NodeConfig,
+    NotifierConfig,
+    StorageConfig,
+    UpstreamConfig,
+    WalCleanupConfig,
+    WriteNotifyConfig,
+)
+from unison.config.units import parse_duration, parse_size
+from unison.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+# Plaintext gRPC is opt-in (UnisonDB's default); say so where a TLS path is missing.
+_TLS_REQUIRED = ("required when allow_insecure = false (the default); set allow_insecure = true "
+                 "for plaintext gRPC")
+
+
+class _Section:
+    """Typed access to one TOML table; remembers which keys were read."""
+
+    def __init__(self, data: dict[str, Any], path: str) -> None:
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str, default: Any, required: bool) -> Any:
+        self.seen.add(name)
+        if name not in self.data:
+            if required:
+                raise ConfigError(f"{self.key(name)}: required key is missing")
+            return default
+        return self.data[name]
+
+    def int(self, name: str, default: int = 0, *, required: bool = False, lo: int = 0,
+            hi: int | None = None) -> int:
+        v = self._get(name, default, required)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{self.key(name)}: expected an integer, got {v!r}")
+        if v < lo or (hi is not None and v > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(f"{self.key(name)}: must be {bound}, got {v}")
+        return v
+
+    def port(self, name: str, default: int = 0, *, required: bool = False) -> int:
+        return self.int(name, default, required=required, lo=1, hi=65535)
+
+    def bool(self, name: str, default: bool) -> bool:
+        v = self._get(name, default, False)
+        if not isinstance(v, bool):
+            raise ConfigError(f"{self.key(name)}: expected true or false, got {v!r}")
+        return v
+
+    def str(self, name: str, default: str = "", *, required: bool = False) -> str:
+        v = self._get(name, default, required)
+        if not isinstance(v, str):
+            raise ConfigError(f"{self.key(name)}: expected a string, got {v!r}")
+        if required and not v:
+            raise ConfigError(f"{self.key(name)}: must not be empty")
+        return v
+
+    def namespaces(self, name: str, *, required: bool = False) -> list[str]:
+        v = self._get(name, [], required)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{self.key(name)}: expected a list of namespace names, got {v!r}")
+        for i, ns in enumerate(v):
+            if not NAMESPACE_RE.match(ns):
+                raise ConfigError(
+                    f"{self.key(name)}[{i}]: invalid namespace {ns!r} (lowercase letters, "
+                    "digits, '.', '_' and '-', at most 63 characters)"
+                )
+        if len(set(v)) != len(v):
+            raise ConfigError(f"{self.key(name)}: namespaces must be unique, got {v!r}")
+        return list(v)
+
+    def size(self, name: str, default: int) -> int:
+        v = self._get(name, None, False)
+        return default if v is None else parse_size(v, self.key(name))
+
+    def duration(self, name: str, default: float) -> float:
+        v = self._get(name, None, False)
+        return default if v is None else parse_duration(v, self.key(name))
+
+    def table(self, name: str) -> _Section:
+        v = self._get(name, {}, False)
+        if not isinstance(v, dict):
+            raise ConfigError(f"{self.key(name)}: expected a table, got {v!r}")
+        return _Section(v, self.key(name))
+
+    def warn_unknown(self, ignore: Sequence[str] = ()) -> None:
+        for k in self.data:
+            if k not in self.seen and k not in ignore:
+                log.warning("config: unknown key %s ignored", self.key(k))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_config(data: dict[str, Any], source: str = "<memory>") -> NodeConfig:
+    """Validate a parsed TOML document into a NodeConfig. Raises ConfigError."""
+    try:
+        return _parse(data, source)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at line {line}, "
+                          f"offset {e.start}: {e.reason}); TOML config files must be UTF-8"
+                          ) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(data, str(p))
+
+
+def _parse(data: dict[str, Any], source: str) -> NodeConfig:
+    root = _Section(data, "")
+    cfg = NodeConfig(source=source)
+    cfg.http_port = root.port("http_port", required=True)
+    cfg.grpc = _grpc(root.table("grpc_config"))
+    cfg.http = _http(root.table("http_config"))
+    cfg.storage = _storage(root.table("storage_config"))
+    cfg.write_notify = _write_notify(root.table("write_notify_config"))
+    cfg.upstreams = _upstreams(root.table("relayer_config"), set(cfg.storage.namespaces))
+    cfg.notifiers = _notifiers(root.table("notifier_config"), set(cfg.storage.namespaces))
+    cfg.log = _log(root.table("log_config"))
+    root.warn_unknown(ignore=("pprof_enable", "pprof_config", "wal_io_global_limiter"))
+    return cfg
+
+
+def _grpc(g: _Section) -> GrpcConfig:
+    grpc = GrpcConfig(
+        port=g.int("port", 0, hi=65535),  # 0: no replication server
+        listen_ip=g.str("listen_ip", "0.0.0.0") or "0.0.0.0",
+        allow_insecure=g.bool("allow_insecure", False),
+        cert_path=g.str("cert_path"),
+        key_path=g.str("key_path"),
+        ca_path=g.str("ca_path"),
+    )
+    # Port 0 starts no replication server, so there is nothing to secure.
+    if grpc.port and not grpc.allow_insecure:
+        for k in ("cert_path", "key_path"):
+            if not getattr(grpc, k):
+                raise ConfigError(f"grpc_config.{k}: {_TLS_REQUIRED}")
+    g.warn_unknown()
+    return grpc
+
+
+def _http(h: _Section) -> HttpConfig:
+    http = HttpConfig(
+        listen_ip=h.str("listen_ip", "0.0.0.0") or "0.0.0.0",
+        max_body_size=h.size("max_body_size", DEFAULT_MAX_BODY_BYTES),
+    )
+    h.warn_unknown()
+    return http
+
+
+def _storage(s: _Section) -> StorageConfig:
+    w = s.table("wal_cleanup_config")
+    storage = StorageConfig(
+        base_dir=s.str("base_dir", required=True),
+        namespaces=s.namespaces("namespaces", required=True),
+        bytes_per_sync=s.size("bytes_per_sync", 1024 * 1024),
+        segment_size=s.size("segment_size", 16 * 1024 * 1024),
+        arena_size=s.size("arena_size", 4 * 1024 * 1024),
+        wal_cleanup=WalCleanupConfig(
+            enabled=w.bool("enabled", False),
+            interval=w.duration("interval", 300.0),
+            max_age=w.duration("max_age", 0.0),
+            max_records=w.int("max_records", 0),
+            min_segments=w.int("min_segments", 0),
+            max_segments=w.int("max_segments", 0),
+        ),
+    )
+    if not storage.namespaces:
+        raise ConfigError("storage_config.namespaces: at least one namespace is required")
+    # UnisonDB options with no meaning here: accepted, noted at debug level. bytes_per_sync
+    # maps to RocksDB's option of that name and max_age/max_records to log retention;
+    # RocksDB has no WAL segments or memtable arena of UnisonDB's kind.
+    for k in ("disable_entry_type_check", "wal_fsync_interval", "segment_size", "arena_size"):
+        if k in s.data:
+            s.seen.add(k)
+            log.debug("config: storage_config.%s has no effect in this implementation", k)
+    for k in ("min_segments", "max_segments"):
+        if k in w.data:
+            log.debug("config: storage_config.wal_cleanup_config.%s has no effect in this "
+                      "implementation (retention is by max_age / max_records)", k)
+    w.warn_unknown()
+    s.warn_unknown()
+    return storage
+
+
+def _write_notify(n: _Section) -> WriteNotifyConfig:
+    notify = WriteNotifyConfig(
+        enabled=n.bool("enabled", True), max_delay=n.duration("max_delay", 0.0)
+    )
+    n.warn_unknown()
+    return notify
+
+
+def _upstreams(r: _Section, served: set[str]) -> list[UpstreamConfig]:
+    """The `[relayer_config.<name>]` entries: each namespace served and followed once."""
+    out: list[UpstreamConfig] = []
+    followed: dict[str, str] = {}
+    for name in r.data:
+        e = r.table(name)
+        up = UpstreamConfig(
+            name=name,
+            namespaces=e.namespaces("namespaces", required=True),
+            upstream_address=e.str("upstream_address", required=True),
+            segment_lag_threshold=e.int("segment_lag_threshold", 100),
+            allow_insecure=e.bool("allow_insecure", False),
+            cert_path=e.str("cert_path"),
+            key_path=e.str("key_path"),
+            ca_path=e.str("ca_path"),
+        )
+        e.seen.add("grpc_service_config")
+        if not re.match(r"^[^\s:]+:\d{1,5}$", up.upstream_address):
+            raise ConfigError(
+                f"{e.key('upstream_address')}: expected host:port, got {up.upstream_address!r}"
+            )
+        for ns in up.namespaces:
+            if ns not in served:
+                raise ConfigError(
+                    f"{e.key('namespaces')}: namespace {ns!r} is not in storage_config.namespaces"
+                )
+            if ns in followed:
+                raise ConfigError(
+                    f"{e.key('namespaces')}: namespace {ns!r} is already followed by "
+                    f"relayer_config.{followed[ns]}"
+                )
+            followed[ns] = name
+        # After the namespace checks: those name a mistake even in a plaintext-meant entry.
+        if not up.allow_insecure and not up.ca_path:
+            raise ConfigError(f"{e.key('ca_path')}: {_TLS_REQUIRED}")
+        e.warn_unknown()
+        out.append(up)
+    return out
+
+
+def _notifiers(z: _Section, served: set[str]) -> list[NotifierConfig]:
+    """The `[notifier_config.<namespace>]` entries: served namespaces, distinct ports."""
+    out: list[NotifierConfig] = []
+    ports: dict[int, str] = {}
+    for ns in z.data:
+        e = z.table(ns)
+        nc = NotifierConfig(
+            namespace=ns,
+            bind_port=e.port("bind_port", required=True),
+            high_water_mark=e.int("high_water_mark", 1000),
+            linger_time=e.int("linger_time", 1000),
+        )
+        if ns not in served:
+            raise ConfigError(f"notifier_config.{ns}: namespace is not in storage_config.namespaces")
+        if nc.bind_port in ports:
+            raise ConfigError(
+                f"notifier_config.{ns}.bind_port: port {nc.bind_port} is already used by "
+                f"notifier_config.{ports[nc.bind_port]}"
+            )
+        ports[nc.bind_port] = ns
+        e.warn_unknown()
+        out.append(nc)
+    return out
+
+
+def _log(lg: _Section) -> LogConfig:
+    level = lg.str("log_level", "info").lower()
+    if level not in ("debug", "info", "warn", "warning", "error"):
+        raise ConfigError(f"log_config.log_level: expected debug, info, warn or error, got {level!r}")
+    lg.warn_unknown(ignore=("disable_timestamp", "min_level_percents"))
+    return LogConfig(log_level=level)

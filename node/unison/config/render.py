@@ -1,0 +1,85 @@
+"""NodeConfig -> UnisonDB-style TOML. Pure: no I/O, the same text for the same config."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from unison.config.model import NodeConfig
+from unison.config.units import format_duration, format_size
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot render {v!r} as TOML")
+
+
+def _toml_key(k: str) -> str:
+    return k if re.match(r"^[A-Za-z0-9_-]+$", k) else _toml_value(k)
+
+
+def _table(lines: list[str], header: str, items: dict[str, Any]) -> None:
+    lines.append("")
+    lines.append(f"[{header}]")
+    for k, v in items.items():
+        lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+
+
+def render_toml(cfg: NodeConfig) -> str:
+    """NodeConfig -> UnisonDB-style TOML that `load_config` reads back to an equal config."""
+    lines = ["# Rendered by unison.config; edit the UnisonCluster, not this file.",
+             f"http_port = {cfg.http_port}"]
+    grpc: dict[str, Any] = {"port": cfg.grpc.port, "listen_ip": cfg.grpc.listen_ip,
+                            "allow_insecure": cfg.grpc.allow_insecure}
+    for k in ("cert_path", "key_path", "ca_path"):
+        if getattr(cfg.grpc, k):
+            grpc[k] = getattr(cfg.grpc, k)
+    _table(lines, "grpc_config", grpc)
+    _table(lines, "http_config", {"listen_ip": cfg.http.listen_ip,
+                                  "max_body_size": format_size(cfg.http.max_body_size)})
+    st = cfg.storage
+    _table(lines, "storage_config", {
+        "base_dir": st.base_dir,
+        "namespaces": st.namespaces,
+        "bytes_per_sync": format_size(st.bytes_per_sync),
+        "segment_size": format_size(st.segment_size),
+        "arena_size": format_size(st.arena_size),
+    })
+    wc = st.wal_cleanup
+    _table(lines, "storage_config.wal_cleanup_config", {
+        "enabled": wc.enabled,
+        "interval": format_duration(wc.interval),
+        "max_age": format_duration(wc.max_age),
+        "max_records": wc.max_records,
+        "min_segments": wc.min_segments,
+        "max_segments": wc.max_segments,
+    })
+    _table(lines, "write_notify_config", {"enabled": cfg.write_notify.enabled,
+                                          "max_delay": format_duration(cfg.write_notify.max_delay)})
+    for up in cfg.upstreams:
+        entry: dict[str, Any] = {
+            "namespaces": up.namespaces,
+            "upstream_address": up.upstream_address,
+            "segment_lag_threshold": up.segment_lag_threshold,
+            "allow_insecure": up.allow_insecure,
+        }
+        for k in ("cert_path", "key_path", "ca_path"):
+            if getattr(up, k):
+                entry[k] = getattr(up, k)
+        _table(lines, f"relayer_config.{_toml_key(up.name)}", entry)
+    for nc in cfg.notifiers:
+        _table(lines, f"notifier_config.{_toml_key(nc.namespace)}", {
+            "bind_port": nc.bind_port,
+            "high_water_mark": nc.high_water_mark,
+            "linger_time": nc.linger_time,
+        })
+    _table(lines, "log_config", {"log_level": cfg.log.log_level})
+    return "\n".join(lines) + "\n"
+

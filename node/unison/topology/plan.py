@@ -1,0 +1,185 @@
+"""Cluster planning: the nodes of a UnisonCluster, their names, ports and NodeConfigs.
+
+The one source of node names and ports for local mode (`unison up`) and Kubernetes (the
+operator): both plan with `plan_cluster` and differ only in where data lives and which
+address the relayer dials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from unison.config.model import (
+    GrpcConfig,
+    LogConfig,
+    NodeConfig,
+    NotifierConfig,
+    StorageConfig,
+    UpstreamConfig,
+)
+
+# Port convention shared by local mode and Kubernetes: the i-th node (1-based,
+# datacenters in order, then the relayer) gets HTTP 8000+i and gRPC 4000+i.
+HTTP_BASE_PORT = 8000
+GRPC_BASE_PORT = 4000
+NOTIFIER_BASE_PORT = 5555
+RELAYER_NAME = "relayer"
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One node of a cluster: its name, role, ports and config."""
+
+    name: str
+    role: str  # "replicator" or "relayer"
+    index: int  # port index (HTTP 8000+i): position, datacenters then relayer, unless kept
+    config: NodeConfig
+
+    @property
+    def http_port(self) -> int:
+        return self.config.http_port
+
+    @property
+    def grpc_port(self) -> int:
+        return self.config.grpc.port
+
+    @property
+    def notifier_ports(self) -> dict[str, int]:
+        return {n.namespace: n.bind_port for n in self.config.notifiers}
+
+
+@dataclass(frozen=True)
+class PortAllocation:
+    """Ports a cluster's nodes already have, so adding or removing a datacenter does not
+    renumber the others (on Kubernetes that would restart them and break port-forwards).
+
+    `indices` maps node name -> index (HTTP 8000+i, gRPC 4000+i); `notifier_ports` maps a
+    relayed namespace -> its ZeroMQ port, valid for `notifier_base_port` only (changing the
+    base port is asking for new notifier ports).
+    """
+
+    indices: dict[str, int] = field(default_factory=dict)
+    notifier_ports: dict[str, int] = field(default_factory=dict)
+    notifier_base_port: int | None = None
+
+
+def allocation_of(plans: Sequence[NodePlan], notifier_base_port: int) -> PortAllocation:
+    """The allocation a list of plans uses (to pass back to plan_cluster next time)."""
+    notifiers = {ns: p for plan in plans for ns, p in plan.notifier_ports.items()}
+    return PortAllocation(indices={p.name: p.index for p in plans}, notifier_ports=notifiers,
+                          notifier_base_port=notifier_base_port)
+
+
+def _lowest_free(start: int, used: set[int]) -> int:
+    n = start
+    while n in used:
+        n += 1
+    used.add(n)
+    return n
+
+
+def _node_indices(nodes: Sequence[str], previous: dict[str, int]) -> dict[str, int]:
+    """Previous indices where still valid and unique; new nodes get the lowest free ones."""
+    used: set[int] = set()
+    out: dict[str, int] = {}
+    for node in nodes:
+        i = previous.get(node)
+        if isinstance(i, int) and 1 <= i and i not in used and HTTP_BASE_PORT + i <= 65535:
+            out[node] = i
+            used.add(i)
+    for node in nodes:
+        if node not in out:
+            out[node] = _lowest_free(1, used)
+    return out
+
+
+def _notifier_ports(namespaces: Sequence[str], base: int, allocation: PortAllocation | None,
+                    reserved: set[int]) -> dict[str, int]:
+    previous = (allocation.notifier_ports
+                if allocation and allocation.notifier_base_port == base else {})
+    used = set(reserved)  # the relayer's own HTTP and gRPC ports
+    out: dict[str, int] = {}
+    for ns in namespaces:
+        p = previous.get(ns)
+        if isinstance(p, int) and base <= p <= 65535 and p not in used:
+            out[ns] = p
+            used.add(p)
+    for ns in namespaces:
+        if ns not in out:
+            out[ns] = _lowest_free(base, used)
+    return {ns: out[ns] for ns in namespaces}
+
+
+def node_ports(index: int) -> tuple[int, int]:
+    """(http, grpc) ports of the index-th node (1-based)."""
+    return HTTP_BASE_PORT + index, GRPC_BASE_PORT + index
+
+
+def plan_cluster(
+    datacenters: Sequence[tuple[str, Sequence[str]]],
+    follow: Sequence[str],
+    *,
+    notifier_base_port: int = NOTIFIER_BASE_PORT,
+    base_dir: Callable[[str], str],
+    upstream_address: Callable[[str, int], str],
+    log_level: str = "info",
+    allocation: PortAllocation | None = None,
+) -> list[NodePlan]:
+    """The nodes of a cluster: one primary per datacenter, then one relayer.
+
+    `datacenters` is [(name, namespaces)] in order; `follow` names the datacenters the
+    relayer follows (every followed namespace gets a notifier port, counting up from
+    `notifier_base_port`). `base_dir(node_name)` gives each node's data directory and
+    `upstream_address(dc_name, grpc_port)` the address the relayer dials, so local mode
+    and Kubernetes differ only in those two. Their gRPC is plaintext (no certificates are
+    provisioned), so it is asked for explicitly: the rendered TOML says allow_insecure = true.
+
+    Without `allocation` the i-th node (datacenters in order, then the relayer) gets index
+    i. With one, nodes and namespaces it lists keep their ports and new ones get the lowest
+    free index or notifier port.
+    """
+    plans: list[NodePlan] = []
+    dc_ports: dict[str, int] = {}
+    dc_namespaces: dict[str, list[str]] = {}
+    indices = _node_indices([name for name, _ in datacenters] + [RELAYER_NAME],
+                            allocation.indices if allocation else {})
+    for name, namespaces in datacenters:
+        i = indices[name]
+        http, grpc = node_ports(i)
+        dc_ports[name] = grpc
+        dc_namespaces[name] = list(namespaces)
+        cfg = NodeConfig(
+            http_port=http,
+            grpc=GrpcConfig(port=grpc, allow_insecure=True),
+            storage=StorageConfig(base_dir=base_dir(name), namespaces=list(namespaces)),
+            log=LogConfig(log_level=log_level),
+            source=f"<{name}>",
+        )
+        plans.append(NodePlan(name=name, role="replicator", index=i, config=cfg))
+
+    index = indices[RELAYER_NAME]
+    http, grpc = node_ports(index)
+    relayed = [ns for dc in follow for ns in dc_namespaces[dc]]
+    notifier_ports = _notifier_ports(relayed, notifier_base_port, allocation, {http, grpc})
+    cfg = NodeConfig(
+        http_port=http,
+        grpc=GrpcConfig(port=grpc, allow_insecure=True),
+        storage=StorageConfig(base_dir=base_dir(RELAYER_NAME), namespaces=relayed),
+        upstreams=[
+            UpstreamConfig(
+                name=dc,
+                namespaces=dc_namespaces[dc],
+                upstream_address=upstream_address(dc, dc_ports[dc]),
+                allow_insecure=True,
+            )
+            for dc in follow
+        ],
+        notifiers=[
+            NotifierConfig(namespace=ns, bind_port=notifier_ports[ns]) for ns in relayed
+        ],
+        log=LogConfig(log_level=log_level),
+        source=f"<{RELAYER_NAME}>",
+    )
+    plans.append(NodePlan(name=RELAYER_NAME, role="relayer", index=index, config=cfg))
+    return plans
