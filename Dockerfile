@@ -17,7 +17,9 @@ COPY build/wheels/deps /wheels/deps
 RUN python3 -m venv /opt/unison \
  && /opt/unison/bin/pip install --no-cache-dir --no-index --find-links /wheels/deps /wheels/deps/*.whl
 COPY build/wheels/unison /wheels/unison
-RUN /opt/unison/bin/pip install --no-cache-dir --no-index --no-deps /wheels/unison/*.whl \
+# With the `operator` extra (kopf, kubernetes): the image also runs `unison operator`.
+RUN whl="$(ls /wheels/unison/*.whl)" \
+ && /opt/unison/bin/pip install --no-cache-dir --no-index --find-links /wheels/deps "$whl[operator]" \
  && /opt/unison/bin/pip check \
  && /opt/unison/bin/pip uninstall --yes --quiet setuptools pip
 

@@ -1,7 +1,8 @@
 # The README's two commands: `make demo` and `make test`. Both create .venv if missing.
 # `make demo` installs only the runtime dependencies: the test extras (helm-python-sdk is
-# ~250 MB with manylinux-only wheels, kmock, ...) and matplotlib must not stop a laptop
-# from seeing the demo. Each install has its own stamp, redone when pyproject.toml changes.
+# ~250 MB with manylinux-only wheels, kmock, ...), matplotlib and the operator's kopf and
+# Kubernetes client must not stop a laptop from seeing the demo. Each install has its own
+# stamp, redone when pyproject.toml changes.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -23,7 +24,7 @@ $(RUNTIME_STAMP): pyproject.toml
 # the extras include the runtime dependencies, so the runtime stamp is good too
 $(DEV_STAMP): pyproject.toml
 	$(venv)
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m pip install --quiet -e '.[test,bench,operator]'
 	@touch $@ $(RUNTIME_STAMP)
 
 demo: $(RUNTIME_STAMP)

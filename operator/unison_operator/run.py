@@ -3,18 +3,21 @@
 kopf does the watching, retries and event posting underneath (`kopf.run`); the
 handlers come from `unison_operator.handlers.make_registry`. The operator runs
 standalone (one replica, no kopf peering objects needed).
+
+kopf and the Kubernetes client are the `operator` extra, so this module imports them only
+once the arguments are read: without them `unison operator` says how to install them.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
-import kopf
-
-from .handlers import OperatorConfig, make_registry
-from .kube import KubeClient
+# Distribution names as pip knows them: the `operator` extra of pyproject.toml.
+OPERATOR_DEPENDENCIES = ("kopf", "kubernetes")
+INSTALL_HINT = "pip install 'unison[operator]' (from a checkout: pip install -e '.[operator]')"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,8 +37,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def missing_dependencies() -> list[str]:
+    """The operator's dependencies that cannot be imported here."""
+    missing = []
+    for name in OPERATOR_DEPENDENCIES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_dependencies()
+    if missing:
+        sys.stderr.write(f"unison operator: {' and '.join(missing)} not installed (the operator "
+                         f"extra); install with: {INSTALL_HINT}\n")
+        return 2
+    import kopf
+
+    from .handlers import OperatorConfig, make_registry
+    from .kube import KubeClient
+
     kopf.configure(verbose=args.verbose)
     logging.getLogger("unison_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:

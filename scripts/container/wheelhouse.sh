@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the wheelhouse the image installs from, for the image's Python (3.11):
-#   build/wheels/deps/    every dependency (rebuilt only when pyproject.toml changes)
+#   build/wheels/deps/    every dependency, with the `operator` extra (kopf, kubernetes)
+#                         (rebuilt only when pyproject.toml changes)
 #   build/wheels/unison/  the project's own wheel (rebuilt every run)
 # Built on the host because a container build cannot reach a package index here; it also
 # makes image builds reproducible. Two folders let the image cache the dependency layer.
@@ -42,7 +43,7 @@ else
     say "building dependency wheels for Python $IMAGE_PYTHON into $WHEELS/deps"
     rm -f "$WHEELS"/deps/*.whl
     clean_setuptools_build
-    pip_wheel -w "$WHEELS/deps" "$REPO_ROOT"
+    pip_wheel -w "$WHEELS/deps" "$REPO_ROOT[operator]"
     rm -f "$WHEELS"/deps/unison-*.whl
     echo "$want" >"$stamp"
 fi

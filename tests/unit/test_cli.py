@@ -38,3 +38,30 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert r.returncode == 2
     assert "unknown command 'bogus'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _without_operator_extra(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`unison ARGS` as in an install without the `operator` extra: kopf and kubernetes
+    cannot be imported (a `sitecustomize` on the path blocks them)."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('kopf', 'kubernetes'):\n    sys.modules[name] = None\n")
+    code = "import sys; from unison.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_operator_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    r = _without_operator_extra(tmp_path, "operator", "--all-namespaces")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "kopf and kubernetes not installed" in lines[0]
+    assert "pip install 'unison[operator]'" in lines[0]
+
+
+def test_render_needs_no_operator_extra(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "ad-campaign.yaml"
+    r = _without_operator_extra(tmp_path, "render", str(example))
+    assert r.returncode == 0, r.stderr
+    assert "kind: StatefulSet" in r.stdout
