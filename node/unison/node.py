@@ -12,56 +12,26 @@ import contextlib
 import logging
 import signal
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from unison.config import NodeConfig, load_config
+from unison.context import NodeContext
 from unison.errors import ConfigError, StartupError
 from unison.storage import NamespaceStore
+
+if TYPE_CHECKING:  # imported when first needed: a replicator never loads the follower
+    from unison.notify.publisher import Notifier
+    from unison.replication.follower import Follower
+    from unison.replication.server import ReplicationServer
+
+__all__ = ["Node", "NodeContext", "StartupError", "main"]
 
 log = logging.getLogger("unison.node")
 
 ROLES = ("replicator", "relayer")
-
-
-class FollowerLike(Protocol):
-    def status(self) -> dict[str, Any]: ...
-
-    @property
-    def caught_up(self) -> bool: ...
-
-
-class NotifierLike(Protocol):
-    def metrics(self) -> dict[str, int]: ...
-
-
-@dataclass
-class NodeContext:
-    """What the HTTP API may see of a running node."""
-
-    config: NodeConfig
-    role: str
-    stores: dict[str, NamespaceStore]
-    writable: frozenset[str]
-    followers: dict[str, FollowerLike] = field(default_factory=dict)  # namespace -> follower
-    notifiers: dict[str, NotifierLike] = field(default_factory=dict)  # namespace -> notifier
-    started_at: float = field(default_factory=time.time)
-
-    def ready(self) -> tuple[bool, list[str]]:
-        """(ready?, reasons it is not)."""
-        reasons = [f"namespace {ns}: storage closed" for ns, s in self.stores.items() if s.closed]
-        reasons += [s.failed for s in self.stores.values() if s.failed is not None]
-        for ns, f in self.followers.items():
-            st = f.status()  # one snapshot, so the verdict and its reason agree
-            if not st.get("caught_up", f.caught_up):
-                reason = (st.get("not_ready_reason")
-                          or f"follower not caught up with {st.get('upstream', 'upstream')}")
-                reasons.append(f"namespace {ns}: {reason}")
-        return not reasons, reasons
 
 
 class Node:
@@ -71,9 +41,9 @@ class Node:
         self.config = config
         self.role = role
         self.stores: dict[str, NamespaceStore] = {}
-        self._followers: dict[str, Any] = {}
-        self._notifiers: dict[str, Any] = {}
-        self._grpc: Any = None
+        self._followers: dict[str, Follower] = {}
+        self._notifiers: dict[str, Notifier] = {}
+        self._grpc: ReplicationServer | None = None
         self._http: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ctx: NodeContext | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from unison.config import GrpcConfig, UpstreamConfig
-from unison.node import StartupError
+from unison.errors import StartupError
 from unison.replication.follower import Follower
 from unison.replication.server import ReplicationServer
 from unison.storage import Mutation, NamespaceStore, Op

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from unison.api.watch import add_watch_routes, watch_metrics
 from unison.config import NodeConfig
-from unison.node import NodeContext
+from unison.context import NodeContext
 from unison.storage import Mutation, NamespaceStore, Op
 from unison.storage.records import lsn_key
 

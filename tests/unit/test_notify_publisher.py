@@ -12,7 +12,7 @@ import pytest
 import zmq
 import zmq.asyncio
 from unison.config import NotifierConfig, WriteNotifyConfig
-from unison.node import StartupError
+from unison.errors import StartupError
 from unison.notify.publisher import Notifier
 from unison.storage import Mutation, NamespaceStore, Op
 

@@ -1,9 +1,10 @@
 """The node's aiohttp application: routes, JSON errors, request metrics.
 
-Every answer is JSON (except `/metrics`); errors are `{"error": "..."}` with the status
-DESIGN section 3 names. Every route's handler is wrapped to turn refusals and aiohttp's
-own 413 into that shape, count requests by route and status, and hide internal errors
-behind 500; a last catch-all route answers 404/405 the same way.
+Every answer is JSON (except `/metrics`); errors are `{"error": "..."}` with UnisonDB's
+statuses (unknown namespace 404, bad request 400, body too large 413, write to a read-only
+namespace 403). Every route's handler is wrapped to turn refusals and aiohttp's own 413
+into that shape, count requests by route and status, and hide internal errors behind 500;
+a last catch-all route answers 404/405 the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import update_wrapper
-from typing import Any
 
 from aiohttp import web
 
@@ -22,11 +22,12 @@ from unison.api.metrics import RequestCounter, render_metrics
 from unison.api.openapi import openapi_document
 from unison.api.responses import ApiError, error_response, json_bytes, json_ok
 from unison.api.watch import add_watch_routes, watch_metrics
+from unison.context import NodeContext
 from unison.storage import StoreClosed
 
 log = logging.getLogger(__name__)
 
-CTX_KEY = web.AppKey("unison_ctx", object)
+CTX_KEY = web.AppKey("unison_ctx", NodeContext)
 REQUESTS_KEY = web.AppKey("unison_requests", RequestCounter)
 _UNMATCHED = "unmatched"
 
@@ -98,8 +99,8 @@ class _Observer:
         return response
 
 
-def build_app(ctx: Any) -> web.Application:
-    """The HTTP API of a running node (`ctx` is its `unison.node.NodeContext`)."""
+def build_app(ctx: NodeContext) -> web.Application:
+    """The HTTP API of a running node."""
     requests = RequestCounter()
     app = web.Application(client_max_size=ctx.config.http.max_body_size)
     observe = _Observer(requests, ctx.config.http.max_body_size)

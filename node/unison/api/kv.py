@@ -16,6 +16,7 @@ import pybase64
 from aiohttp import web
 
 from unison.api.responses import JSON, ApiError, json_ok, success
+from unison.context import NodeContext
 from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
 
 SCAN_DEFAULT_LIMIT = 1000
@@ -115,7 +116,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 class KvRoutes:
     """Request handlers; one instance per app, bound to the node's context."""
 
-    def __init__(self, ctx: Any) -> None:
+    def __init__(self, ctx: NodeContext) -> None:
         self.ctx = ctx
         self.stores: dict[str, NamespaceStore] = ctx.stores
         self.writable: frozenset[str] = ctx.writable
