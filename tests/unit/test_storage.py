@@ -258,7 +258,7 @@ async def test_subscribers_get_records_with_their_stored_crc(store: NamespaceSto
 
 async def test_a_group_over_the_byte_limit_is_split_with_dense_lsns(
         store: NamespaceStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("unison.storage.engine.MAX_GROUP_BYTES", 1)  # one write per batch
+    monkeypatch.setattr("unison.storage.writer.MAX_GROUP_BYTES", 1)  # one write per batch
     results = await asyncio.gather(*(store.write([Mutation(Op.PUT, f"k{i}".encode(), b"v"),
                                                   Mutation(Op.PUT, f"j{i}".encode(), b"w")])
                                      for i in range(5)))
@@ -442,3 +442,84 @@ async def test_close_finishes_the_commit_in_flight(tmp_path: Path) -> None:
         assert store.last_lsn == 200 and store.get(b"k199") == b"v"
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------- a supervised writer
+
+
+async def test_a_dead_writer_fails_pending_and_new_writes_and_the_node_says_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer task dies of an exception nothing expected (injected while it builds a
+    batch, outside the commit's own error handling): every queued write fails at once with
+    the reason, new writes are refused without queueing, /readyz answers 503 naming it,
+    and close() returns."""
+    from aiohttp import ClientSession, web
+    from unison.api.app import build_app
+    from unison.config import NodeConfig
+    from unison.context import NodeContext
+    from unison.storage import writer
+
+    store = open_store(tmp_path)
+    assert await store.put(b"kept", b"1") == 1
+    real = writer.encode_record
+
+    def fault(op: int, ts_ms: int, key: bytes, value: bytes) -> tuple[int, bytes]:
+        if key == b"boom":
+            raise RuntimeError("injected fault")
+        return real(op, ts_ms, key, value)
+
+    monkeypatch.setattr(writer, "encode_record", fault)
+    pending = [asyncio.ensure_future(store.put(f"k{i}".encode(), b"v")) for i in range(5)]
+    pending.append(asyncio.ensure_future(store.put(b"boom", b"v")))
+    pending += [asyncio.ensure_future(store.write([Mutation(Op.PUT, b"a", b"1"),
+                                                   Mutation(Op.DELETE, b"b")]))]
+    async with asyncio.timeout(5):
+        results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(r, StoreClosed) for r in results), results
+    assert all("writer task died: RuntimeError: injected fault" in str(r) for r in results)
+    assert store.failed is not None and "injected fault" in store.failed
+
+    with pytest.raises(StoreClosed, match="injected fault.*restarts"):
+        store.submit([Mutation(Op.PUT, b"new", b"v")])  # refused at once, nothing queued
+    with pytest.raises(StoreClosed, match="injected fault"):
+        await store.put(b"new", b"v")
+    assert store.last_lsn == 1 and store.get(b"k0") is None
+
+    ctx = NodeContext(NodeConfig(), "replicator", {"ns": store}, frozenset({"ns"}))
+    runner = web.AppRunner(build_app(ctx))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+            body = await resp.json()
+            assert resp.status == 503
+    finally:
+        await runner.cleanup()
+    assert body["ready"] is False
+    assert any("writer task died: RuntimeError: injected fault" in r for r in body["reasons"])
+
+    async with asyncio.timeout(10):
+        await store.close()
+    assert store.closed
+
+    store = open_store(tmp_path)  # a restart recovers from what is on disk
+    try:
+        assert store.failed is None and store.last_lsn == 1
+        assert await store.put(b"after", b"restart") == 2
+    finally:
+        await store.close()
+
+
+async def test_a_cancelled_writer_fails_writes_instead_of_leaving_them_unanswered(
+        store: NamespaceStore) -> None:
+    """A cancel nobody asked for (not close()) is a death too: no write waits forever."""
+    await store.put(b"k", b"v")
+    assert store._writer is not None
+    store._writer._task.cancel()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    with pytest.raises(StoreClosed, match="writer task was cancelled"):
+        await store.put(b"after", b"v")
+    assert store.failed is not None and "cancelled" in store.failed

@@ -1,7 +1,11 @@
 """Durable per-namespace storage on RocksDB: data and an ordered, checksummed log."""
 
-from unison.storage.engine import LogTrimmed, Mutation, NamespaceStore, OutOfOrder, StoreClosed
+from unison.storage.cursor import Commit, CommittedBatch, CursorLimits, Heartbeat, LogCursor
+from unison.storage.engine import NamespaceStore
+from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed
 from unison.storage.records import CorruptRecord, Op, Record
+from unison.storage.writer import Mutation
 
-__all__ = ["CorruptRecord", "LogTrimmed", "Mutation", "NamespaceStore", "Op", "OutOfOrder",
-           "Record", "StoreClosed"]
+__all__ = ["Commit", "CommittedBatch", "CorruptRecord", "CursorLimits",
+           "Heartbeat", "LogCursor", "LogTrimmed",
+           "Mutation", "NamespaceStore", "Op", "OutOfOrder", "Record", "StoreClosed"]

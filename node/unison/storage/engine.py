@@ -1,69 +1,56 @@
 """One RocksDB database per namespace: data, ordered log and meta, written together.
 
 Every mutation gets the next LSN of its namespace and is written with its log record in
-one WriteBatch, so data and log never disagree. Writers are group-committed: a single
-writer task takes everything that queued up while the previous batch was syncing,
-writes it as one batch, syncs the WAL once, then acknowledges all of it. The sync runs
-in a helper process (see wal_sync.py); without one, in a thread of this process.
+one WriteBatch, so data and log never disagree. `NamespaceStore` opens and closes the
+database, reads it, appends (local writes through the group-commit writer, replicated
+records keeping their LSNs) and makes writes durable: the WAL sync runs in a helper
+process (see wal_sync.py); without one, in a thread of this process. The rest has its
+own module:
+
+- writer.py     group commit in one supervised writer task
+- cursor.py     the log cursor every reader uses, and the commit feed behind it
+- snapshot.py   a consistent view to send, and installing one received
+- retention.py  trimming the log by count and age
+- layout.py     column families, meta keys, RocksDB options
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
 
-from unison.storage.records import CorruptRecord, Op, Record, encode_record, lsn_key, lsn_of, now_ms
+from unison.storage import retention, snapshot
+from unison.storage.cursor import (
+    DEFAULT_LIMITS,
+    CommitFeed,
+    CommitListener,
+    CursorLimits,
+    LogCursor,
+)
+from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed
+from unison.storage.layout import (
+    DATA_CF,
+    LOG_CF,
+    META_FIRST_LSN,
+    META_LAST_LSN,
+    META_SNAPSHOT_PENDING,
+    U64,
+    options,
+)
+from unison.storage.records import CorruptRecord, Op, Record, encode_record, lsn_key, lsn_of
 from unison.storage.wal_sync import WalSyncer, WalSyncerGone
+from unison.storage.writer import GroupCommitWriter, Mutation
+
+__all__ = ["CommitListener", "LogTrimmed", "Mutation", "NamespaceStore", "OutOfOrder",
+           "StoreClosed", "StoreStats"]
 
 log = logging.getLogger(__name__)
-
-DATA_CF = "data"
-LOG_CF = "log"
-# Meta keys live in the default column family.
-META_LAST_LSN = b"last_lsn"
-META_FIRST_LSN = b"first_lsn"
-META_SNAPSHOT_PENDING = b"snapshot_pending"
-# User keys arrive as UTF-8, which never contains 0xff: this bounds "every key".
-_KEY_SPACE_END = b"\xff"
-_U64 = struct.Struct(">Q")
-MAX_GROUP_BYTES = 32 * 1024 * 1024
-
-CommitListener = Callable[[Sequence[Record]], None]
-
-
-class StoreClosed(RuntimeError):
-    pass
-
-
-class LogTrimmed(LookupError):
-    """The asked-for LSN is older than the retained log."""
-
-    def __init__(self, wanted: int, first: int) -> None:
-        super().__init__(f"lsn {wanted} is older than the retained log (first retained: {first})")
-        self.wanted = wanted
-        self.first = first
-
-
-class OutOfOrder(ValueError):
-    """A replicated record does not continue this namespace's log."""
-
-
-class Mutation(NamedTuple):  # a tuple: built on every PUT, cheaper than a dataclass
-    op: Op
-    key: bytes
-    value: bytes = b""
-
-
-# A queued local write: its mutations and the future its writer awaits.
-_Pending = tuple[list[Mutation], "asyncio.Future[list[int]]"]
 
 
 @dataclass
@@ -76,29 +63,14 @@ class StoreStats:
     replicated_records: int = 0
     trimmed_records: int = 0
     snapshots_installed: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
-
-def _records_of(group: list[_Pending], lsn: int, ts: int) -> list[Record]:
-    out = []
-    for mutations, _ in group:
-        for m in mutations:
-            out.append(Record(lsn, m.op, m.key, m.value, ts).with_crc())
-            lsn += 1
-    return out
-
-
-def _options(bytes_per_sync: int = 0) -> Options:
-    # No wal_dir: the WAL sync helper looks for the WAL in the database directory.
-    opts = Options(raw_mode=True)
-    opts.create_if_missing(True)
-    opts.create_missing_column_families(True)
-    if bytes_per_sync:
-        # storage_config.bytes_per_sync: RocksDB syncs SST files incrementally every this
-        # many bytes, so a flush or compaction does not end in one large fsync. (The WAL
-        # is synced on every commit anyway.)
-        opts.set_bytes_per_sync(bytes_per_sync)
-    return opts
+    def committed(self, records: int, size: int, puts: int) -> None:
+        """A local group commit of `records` records (`puts` of them puts) is durable."""
+        self.commits += 1
+        self.committed_records += records
+        self.bytes_written += size
+        self.puts += puts
+        self.deletes += records - puts
 
 
 class NamespaceStore:
@@ -113,29 +85,25 @@ class NamespaceStore:
         self._syncer: WalSyncer | None = None
         self.bytes_per_sync = bytes_per_sync  # 0: RocksDB's default (off)
         self.stats = StoreStats()
-        self.last_lsn = 0
+        self.last_lsn = 0  # newest durable LSN
         self.first_lsn = 1  # oldest LSN still in the log (== last_lsn + 1 when empty)
+        self.feed = CommitFeed()  # durable commits for cursors and listeners
         self._db: Rdict | None = None
-        self._queue: list[_Pending] = []
-        self._wakeup = asyncio.Event()
-        self._committed = asyncio.Event()
         self._lock = asyncio.Lock()  # one RocksDB write at a time; snapshots take it too
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"rocks-{name}")
-        self._writer: asyncio.Task[None] | None = None
-        self._listeners: list[CommitListener] = []
+        self._writer: GroupCommitWriter | None = None
         self._wopts = WriteOptions()  # sync=False: the WAL is synced after the write
-        # Set when a commit fails: its batch may be in RocksDB's memtable (and may still
-        # reach disk) with LSNs the next batch would reuse, so no further write is taken
-        # until a restart recovers the LSN from what is really on disk.
+        # Set when a commit fails or the writer dies: a failed batch may be in RocksDB's
+        # memtable (and may still reach disk) with LSNs the next batch would reuse, so no
+        # further write is taken until a restart recovers the LSN from what is on disk.
         self.failed: str | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def open(self) -> NamespaceStore:
         self.path.mkdir(parents=True, exist_ok=True)
-        opts = _options(self.bytes_per_sync)
-        cfs = {DATA_CF: _options(self.bytes_per_sync), LOG_CF: _options(self.bytes_per_sync)}
-        self._db = Rdict(str(self.path), opts, column_families=cfs,
+        cfs = {DATA_CF: options(self.bytes_per_sync), LOG_CF: options(self.bytes_per_sync)}
+        self._db = Rdict(str(self.path), options(self.bytes_per_sync), column_families=cfs,
                          access_type=AccessType.read_write())
         self._data = self._db.get_column_family(DATA_CF)
         self._log = self._db.get_column_family(LOG_CF)
@@ -145,7 +113,7 @@ class NamespaceStore:
             log.warning("namespace %s: an interrupted snapshot install was found in %s; "
                         "starting empty so the follower fetches a fresh snapshot",
                         self.name, self.path)
-            self._wipe_sync()
+            snapshot.wipe(self)
         self.last_lsn = self._meta(META_LAST_LSN)
         self.first_lsn = self._meta(META_FIRST_LSN) or 1
         # The meta LSN is written in the same batch as the log; the log's tail must agree.
@@ -158,6 +126,7 @@ class NamespaceStore:
         return self
 
     def start(self) -> None:
+        """Start the WAL sync helper and the writer (on the event loop)."""
         if self.sync_helper and self._syncer is None:
             try:
                 self._syncer = WalSyncer.spawn(str(self.path))
@@ -167,20 +136,12 @@ class NamespaceStore:
                 log.warning("namespace %s: cannot start the WAL sync helper (%s); syncing "
                             "in-process", self.name, e)
         if self._writer is None:
-            self._loop = asyncio.get_running_loop()
-            self._writer = self._loop.create_task(self._write_loop(), name=f"writer-{self.name}")
+            self._writer = GroupCommitWriter(self)
 
     async def close(self) -> None:
         """Finish queued writes, then close RocksDB."""
         if self._writer is not None:
-            while self._queue or self._lock.locked():  # queued, or committing right now
-                self._wakeup.set()
-                await asyncio.sleep(0.001)
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
+            await self._writer.stop()
             self._writer = None
         async with self._lock:
             if self._syncer is not None:
@@ -193,12 +154,19 @@ class NamespaceStore:
                 await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
                 del db
         self._executor.shutdown(wait=True)
-        self._committed.set()  # release anyone waiting for commits
+        self.feed.close()  # release every cursor waiting for commits
         log.info("namespace %s: closed", self.name)
 
     @property
     def closed(self) -> bool:
         return self._db is None
+
+    def fail(self, what: str) -> None:
+        """Refuse writes from now on, saying why (the node reports it in /readyz)."""
+        if self.failed is None:
+            self.failed = (f"namespace {self.name}: {what}; writes are refused until the node "
+                           "restarts and recovers from its log")
+            log.error("%s", self.failed)
 
     def _require(self) -> Rdict:
         if self._db is None:
@@ -207,7 +175,7 @@ class NamespaceStore:
 
     def _meta(self, key: bytes) -> int:
         raw = self._require().get(key)
-        return _U64.unpack(raw)[0] if raw else 0
+        return U64.unpack(raw)[0] if raw else 0
 
     def _log_tail(self) -> int | None:
         it = self._log.iter()
@@ -263,17 +231,30 @@ class NamespaceStore:
                 break
         return out
 
+    def cursor(self, from_lsn: int, limits: CursorLimits = DEFAULT_LIMITS) -> LogCursor:
+        """Replay the log from `from_lsn`, then follow the tail (see cursor.py), within
+        `limits` (cursor.py lists every stream's). Raises LogTrimmed at once when
+        from_lsn is older than the retained log."""
+        self._require()
+        from_lsn = max(from_lsn, 1)
+        if from_lsn < self.first_lsn and from_lsn <= self.last_lsn:
+            raise LogTrimmed(from_lsn, self.first_lsn)
+        return LogCursor(self, self.feed, from_lsn, limits)
+
     async def wait_beyond(self, lsn: int) -> bool:
         """Wait until last_lsn > lsn (True) or the store closes (False). No polling;
         bound it with `asyncio.timeout()` where needed."""
         while self.last_lsn <= lsn and not self.closed:
-            await self._committed.wait()
+            fut = self.feed.waiter()
+            try:
+                await fut
+            finally:
+                self.feed.discard(fut)
         return self.last_lsn > lsn
 
     def subscribe(self, listener: CommitListener) -> Callable[[], None]:
         """Call `listener(records)` on the event loop after each durable commit, in LSN order."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+        return self.feed.subscribe(listener)
 
     # ------------------------------------------------------------ local writes
 
@@ -289,129 +270,16 @@ class NamespaceStore:
 
     def submit(self, mutations: list[Mutation]) -> asyncio.Future[list[int]]:
         """Queue mutations for the next group commit; the future gets their LSNs once
-        durable. (write() without its coroutine: the PUT handler awaits this directly.)"""
-        if self.failed is not None:
-            raise StoreClosed(self.failed)
-        if self._writer is None:
-            raise StoreClosed(f"namespace {self.name} is not accepting writes")
-        fut: asyncio.Future[list[int]] = self._loop.create_future()
-        self._queue.append((mutations, fut))
-        self._wakeup.set()
-        return fut
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                await self._commit_group()
-
-    async def _commit_group(self) -> None:
-        """Write what queued up (up to about MAX_GROUP_BYTES) as one synced batch, then
-        acknowledge it. Runs once per batch, so the per-write work here is kept minimal:
-        no Record objects unless a listener wants them, one pass over the mutations."""
-        async with self._lock:  # LSNs are assigned under the lock: nothing else moves them
-            db = self._require()
-            queue = self._queue
-            ts = now_ms()
-            first = lsn = self.last_lsn + 1
-            wb = WriteBatch(raw_mode=True)
-            data_h, log_h = self._data_h, self._log_h
-            records: list[Record] | None = [] if self._listeners else None
-            size = puts = taken = 0
-            for mutations, _ in queue:
-                for m in mutations:
-                    op, key, value = m.op, m.key, m.value
-                    if op is Op.PUT:
-                        wb.put(key, value, data_h)
-                        puts += 1
-                    else:
-                        wb.delete(key, data_h)
-                    crc, encoded = encode_record(op, ts, key, value)
-                    wb.put(lsn_key(lsn), encoded, log_h)
-                    if records is not None:
-                        records.append(Record(lsn, op, key, value, ts, crc))
-                    size += len(encoded)
-                    lsn += 1
-                taken += 1
-                if size >= MAX_GROUP_BYTES:
-                    break
-            if taken == len(queue):
-                group, self._queue = queue, []
-            else:
-                group = queue[:taken]
-                del queue[:taken]
-            last = lsn - 1
-            if last < first:  # only empty writes: nothing to store
-                self._acknowledge(group, first)
-                return
-            wb.put(META_LAST_LSN, _U64.pack(last))
-            try:
-                await self._durable_write(db, wb)
-            except Exception as e:  # nothing here is acknowledged; stop taking writes
-                self._fail(f"commit of {last - first + 1} records failed: {e}")
-                for _, fut in group + self._queue:
-                    if not fut.done():
-                        fut.set_exception(StoreClosed(self.failed))
-                self._queue = []
-                return
-            self.last_lsn = last
-        stats = self.stats
-        stats.commits += 1
-        stats.committed_records += last - first + 1
-        stats.bytes_written += size
-        stats.puts += puts
-        stats.deletes += last - first + 1 - puts
-        if records is None and self._listeners:  # subscribed while the batch was syncing
-            records = _records_of(group, first, ts)
-        self._signal_commit(records or ())
-        self._acknowledge(group, first)
-
-    @staticmethod
-    def _acknowledge(group: list[_Pending], lsn: int) -> None:
-        for mutations, fut in group:
-            n = len(mutations)
-            if not fut.done():  # its request may have been cancelled meanwhile
-                fut.set_result([lsn] if n == 1 else list(range(lsn, lsn + n)))
-            lsn += n
-
-    async def _write_records(self, records: list[Record], *, replicated: bool = False) -> None:
-        """One WriteBatch: data + log + meta; synced before returning; then listeners."""
-        if not records:
-            return
-        wb = WriteBatch(raw_mode=True)
-        size = 0
-        for r in records:
-            if r.op is Op.PUT:
-                wb.put(r.key, r.value, self._data_h)
-            else:
-                wb.delete(r.key, self._data_h)
-            encoded = encode_record(r.op, r.ts_ms, r.key, r.value)[1]
-            size += len(encoded)
-            wb.put(lsn_key(r.lsn), encoded, self._log_h)
-        last = records[-1].lsn
-        wb.put(META_LAST_LSN, _U64.pack(last))
-        async with self._lock:
+        durable. (write() without its coroutine: the PUT handler awaits this directly.)
+        Raises StoreClosed at once when the store is closed or failed."""
+        writer = self._writer
+        if writer is None:
             if self.failed is not None:
                 raise StoreClosed(self.failed)
-            db = self._require()
-            try:
-                await self._durable_write(db, wb)
-            except Exception as e:
-                self._fail(f"commit of {len(records)} records failed: {e}")
-                raise StoreClosed(self.failed) from e
-            self.last_lsn = last
-        self.stats.commits += 1
-        self.stats.committed_records += len(records)
-        self.stats.bytes_written += size
-        if replicated:
-            self.stats.replicated_records += len(records)
-        self._signal_commit(records)
+            raise StoreClosed(f"namespace {self.name} is not accepting writes")
+        return writer.submit(mutations)
 
-    def _fail(self, what: str) -> None:
-        self.failed = (f"namespace {self.name}: {what}; writes are refused until the node "
-                       "restarts and recovers from its log")
-        log.error("%s", self.failed)
+    # ------------------------------------------------------------ durability
 
     async def _durable_write(self, db: Rdict, wb: WriteBatch) -> None:
         """Write `wb`; return once it is on stable storage (or raise: nothing is durable
@@ -441,19 +309,11 @@ class NamespaceStore:
         if self.sync:
             db.flush_wal(True)
 
-    def _signal_commit(self, records: Sequence[Record]) -> None:
-        event, self._committed = self._committed, asyncio.Event()
-        event.set()
-        for listener in list(self._listeners):
-            try:
-                listener(records)
-            except Exception:  # a broken listener must not break the commit path
-                log.exception("namespace %s: commit listener failed", self.name)
-
     # ------------------------------------------------------------ replication
 
     async def apply_records(self, records: Sequence[Record]) -> None:
-        """Apply upstream records atomically, keeping their LSNs. Verifies CRC and order."""
+        """Apply upstream records atomically, keeping their LSNs. Verifies CRC and order;
+        one WriteBatch (data + log + meta), synced before returning; then the feed."""
         if not records:
             return
         expected = self.last_lsn + 1
@@ -465,93 +325,58 @@ class NamespaceStore:
                 r.verify()
             except CorruptRecord as e:
                 raise CorruptRecord(f"namespace {self.name}: {e}") from None
-        await self._write_records(list(records), replicated=True)
+        wb = WriteBatch(raw_mode=True)
+        size = 0
+        for r in records:
+            if r.op is Op.PUT:
+                wb.put(r.key, r.value, self._data_h)
+            else:
+                wb.delete(r.key, self._data_h)
+            encoded = encode_record(r.op, r.ts_ms, r.key, r.value)[1]
+            size += len(encoded)
+            wb.put(lsn_key(r.lsn), encoded, self._log_h)
+        last = records[-1].lsn
+        wb.put(META_LAST_LSN, U64.pack(last))
+        async with self._lock:
+            if self.failed is not None:
+                raise StoreClosed(self.failed)
+            db = self._require()
+            try:
+                await self._durable_write(db, wb)
+            except Exception as e:
+                self.fail(f"commit of {len(records)} records failed: {e}")
+                raise StoreClosed(self.failed) from e
+            self.last_lsn = last
+        s = self.stats
+        s.commits += 1
+        s.committed_records += len(records)
+        s.bytes_written += size
+        s.replicated_records += len(records)
+        self.feed.publish(list(records))
+
+    # ------------------------------------------------------------ snapshots, retention
 
     async def snapshot(self) -> tuple[int, Iterator[tuple[bytes, bytes]]]:
         """A consistent view of all live keys: (lsn it reflects, iterator of (key, value))."""
-        async with self._lock:  # no write in flight: the snapshot and last_lsn agree
-            self._require()
-            snap = self._data.snapshot()
-            lsn = self.last_lsn
-
-        def items() -> Iterator[tuple[bytes, bytes]]:
-            yield from snap.items()
-
-        return lsn, items()
+        return await snapshot.view(self)
 
     async def begin_snapshot_install(self) -> None:
         """Drop everything and mark an install in progress (survives a crash)."""
-        async with self._lock:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._wipe_sync)
-            self.last_lsn = 0
-            self.first_lsn = 1
-
-    def _wipe_sync(self) -> None:
-        db = self._require()
-        wb = WriteBatch(raw_mode=True)
-        wb.put(META_SNAPSHOT_PENDING, _U64.pack(1))
-        wb.delete_range(b"", _KEY_SPACE_END, self._data_h)
-        wb.delete_range(lsn_key(0), lsn_key(2**64 - 1), self._log_h)
-        wb.put(META_LAST_LSN, _U64.pack(0))
-        wb.put(META_FIRST_LSN, _U64.pack(1))
-        db.write(wb, self._wopts)
-        db.flush_wal(True)
+        await snapshot.begin_install(self)
 
     async def load_snapshot_items(self, items: Sequence[tuple[bytes, bytes]]) -> None:
-        wb = WriteBatch(raw_mode=True)
-        for k, v in items:
-            wb.put(k, v, self._data_h)
-        async with self._lock:
-            db = self._require()
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.write, wb,
-                                                             self._wopts)
+        await snapshot.load_items(self, items)
 
     async def finish_snapshot_install(self, lsn: int) -> None:
-        wb = WriteBatch(raw_mode=True)
-        wb.put(META_LAST_LSN, _U64.pack(lsn))
-        wb.put(META_FIRST_LSN, _U64.pack(lsn + 1))
-        wb.delete(META_SNAPSHOT_PENDING)
-        async with self._lock:
-            db = self._require()
-            await self._durable_write(db, wb)
-            self.last_lsn = lsn
-            self.first_lsn = lsn + 1
-        self.stats.snapshots_installed += 1
-        self._signal_commit(())
-        log.info("namespace %s: snapshot installed at lsn %d", self.name, lsn)
-
-    # ------------------------------------------------------------ retention
+        await snapshot.finish_install(self, lsn)
 
     async def trim_log(self, before_lsn: int) -> int:
         """Drop log records with LSN < before_lsn (never the newest). Returns how many."""
-        before_lsn = min(before_lsn, self.last_lsn)
-        if before_lsn <= self.first_lsn:
-            return 0
-        wb = WriteBatch(raw_mode=True)
-        wb.delete_range(lsn_key(self.first_lsn), lsn_key(before_lsn), self._log_h)
-        wb.put(META_FIRST_LSN, _U64.pack(before_lsn))
-        async with self._lock:
-            db = self._require()
-            await self._durable_write(db, wb)
-            dropped = before_lsn - self.first_lsn
-            self.first_lsn = before_lsn
-        self.stats.trimmed_records += dropped
-        log.info("namespace %s: trimmed %d log records (retained from lsn %d)",
-                 self.name, dropped, before_lsn)
-        return dropped
+        return await retention.trim_log(self, before_lsn)
 
     async def apply_retention(self, max_records: int = 0, max_age_s: float = 0.0) -> int:
         """Trim by count and/or age; 0 disables a limit."""
-        cut = self.first_lsn
-        if max_records > 0:
-            cut = max(cut, self.last_lsn - max_records + 1)
-        if max_age_s > 0:
-            oldest_ms = now_ms() - int(max_age_s * 1000)
-            for k, v in self._log.items(from_key=lsn_key(cut)):
-                if Record.decode(lsn_of(k), v).ts_ms >= oldest_ms:
-                    break
-                cut = lsn_of(k) + 1
-        return await self.trim_log(cut)
+        return await retention.apply_retention(self, max_records, max_age_s)
 
     def describe(self) -> dict[str, int | str]:
         s = self.stats

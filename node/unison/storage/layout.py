@@ -1,0 +1,30 @@
+"""How a namespace lies in its RocksDB database: column families, meta keys, options."""
+
+from __future__ import annotations
+
+import struct
+
+from rocksdict import Options
+
+DATA_CF = "data"
+LOG_CF = "log"
+# Meta keys live in the default column family.
+META_LAST_LSN = b"last_lsn"
+META_FIRST_LSN = b"first_lsn"
+META_SNAPSHOT_PENDING = b"snapshot_pending"
+# User keys arrive as UTF-8, which never contains 0xff: this bounds "every key".
+KEY_SPACE_END = b"\xff"
+U64 = struct.Struct(">Q")
+
+
+def options(bytes_per_sync: int = 0) -> Options:
+    # No wal_dir: the WAL sync helper looks for the WAL in the database directory.
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.create_missing_column_families(True)
+    if bytes_per_sync:
+        # storage_config.bytes_per_sync: RocksDB syncs SST files incrementally every this
+        # many bytes, so a flush or compaction does not end in one large fsync. (The WAL
+        # is synced on every commit anyway.)
+        opts.set_bytes_per_sync(bytes_per_sync)
+    return opts
