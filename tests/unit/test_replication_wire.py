@@ -86,40 +86,50 @@ def test_batch_assembled_from_encoded_parts_parses_as_one_batch() -> None:
 
 async def test_tail_serves_whole_durable_commits_and_starts_over_on_a_snapshot(
         tmp_path: Path) -> None:
-    from unison.replication.server import _Tail
+    """The store's commit feed: the in-memory tail every cursor (and so every replication
+    stream) reads, each commit encoded once for all of them."""
+    from unison.replication.wire import records_payload
     from unison.storage import Mutation
 
     store = NamespaceStore("ns", tmp_path / "ns").open()
     store.start()
+    feed = store.feed
+    feed.max_bytes = 10_000
+
+    def take(next_lsn: int, max_records: int, max_bytes: int) -> tuple[list[bytes], int]:
+        commits = feed.take(next_lsn, store.last_lsn, store.first_lsn, max_records, max_bytes)
+        parts = [c.encoded("pb", records_payload) for c in commits]
+        return parts, (commits[-1].last if commits else 0)
+
     try:
-        await store.put(b"before", b"0")  # committed before the tail existed: log only
-        tail = _Tail(store, max_bytes=10_000)
+        await store.put(b"before", b"0")  # committed before any reader existed: log only
+        cursor = store.cursor(store.last_lsn + 1)  # a reader: the feed keeps commits now
         await store.write([Mutation(Op.PUT, b"a", b"1"), Mutation(Op.PUT, b"b", b"2")])
         await store.put(b"c", b"3")
-        assert tail.take(1, 100, 1 << 20) == ([], 0)  # older than the tail
-        assert tail.take(3, 100, 1 << 20) == ([], 0)  # mid-commit: the log serves it
-        parts, last = tail.take(2, 100, 1 << 20)
+        assert take(1, 100, 1 << 20) == ([], 0)  # older than the tail
+        assert take(3, 100, 1 << 20) == ([], 0)  # mid-commit: the log serves it
+        parts, last = take(2, 100, 1 << 20)
         assert last == 4 and len(parts) == 2
         batch = pb.RecordBatch.FromString(b"".join(parts))
         assert [r.key for r in from_pb(batch.records)] == [b"a", b"b", b"c"]
-        assert tail.take(2, 2, 1 << 20)[1] == 3  # bounded by records, whole commits
-        assert tail.take(5, 100, 1 << 20) == ([], 0)  # nothing newer yet
+        assert take(2, 2, 1 << 20)[1] == 3  # bounded by records, whole commits
+        assert take(5, 100, 1 << 20) == ([], 0)  # nothing newer yet
 
         for i in range(200):  # trimmed to its byte budget, oldest first
             await store.put(f"k{i}".encode(), b"v" * 100)
-        assert tail.take(2, 100, 1 << 20) == ([], 0)
-        assert tail.take(store.last_lsn, 100, 1 << 20)[1] == store.last_lsn
+        assert take(2, 100, 1 << 20) == ([], 0)
+        assert take(store.last_lsn, 100, 1 << 20)[1] == store.last_lsn
 
         await store.begin_snapshot_install()  # wiped: nothing the tail holds is durable
-        assert tail.take(store.last_lsn, 100, 1 << 20) == ([], 0)
+        assert take(store.last_lsn, 100, 1 << 20) == ([], 0)
         await store.finish_snapshot_install(500)
         await store.put(b"after", b"1")
-        assert tail.take(store.last_lsn - 1, 100, 1 << 20) == ([], 0)
-        parts, last = tail.take(501, 100, 1 << 20)
+        assert take(store.last_lsn - 1, 100, 1 << 20) == ([], 0)
+        parts, last = take(501, 100, 1 << 20)
         assert last == 501
         (rec,) = from_pb(pb.RecordBatch.FromString(b"".join(parts)).records)
         assert rec.key == b"after"
-        tail.unsubscribe()
+        cursor.close()
     finally:
         await store.close()
 

@@ -1,7 +1,8 @@
 """Server-sent events of committed changes: `GET /api/v1/{ns}/watch?from_lsn=N`.
 
-The stream replays the retained log from N in bounded chunks, then tails it, waking on
-commits (no polling). Every event is `id: <lsn>` plus the same JSON as the ZeroMQ
+A thin adapter over the store's log cursor (storage/cursor.py, which also holds the
+stream's limits): it replays the retained log from N in bounded chunks, then tails it,
+waking on commits (no polling). Every event is `id: <lsn>` plus the same JSON as the ZeroMQ
 notification, so a client resumes after a disconnect by sending the last id it saw
 (`Last-Event-ID`, as EventSource does, or `from_lsn=<last id + 1>`): no gap, no duplicate.
 When N is older than the retained log the answer is 410 and the client must rescan.
@@ -14,38 +15,52 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from unison.notify.message import encode_notification
-from unison.storage import CorruptRecord, LogTrimmed, NamespaceStore, StoreClosed
+from unison.storage import (
+    CorruptRecord,
+    Heartbeat,
+    LogCursor,
+    LogTrimmed,
+    NamespaceStore,
+    Record,
+    StoreClosed,
+)
+from unison.storage.cursor import WATCH_STREAM
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 10.0
-CHUNK_RECORDS = 500
-CHUNK_BYTES = 1024 * 1024
+HEARTBEAT_SECONDS = WATCH_STREAM.heartbeat
+_SSE = "sse"  # Commit.encoded() form: the commit's records as events
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _CLOSING = web.AppKey("unison_watch_closing", asyncio.Event)
-_HEARTBEAT = web.AppKey("unison_watch_heartbeat", float)
+_CURSORS = web.AppKey("unison_watch_cursors", set)
+_HEARTBEAT = web.AppKey("unison_watch_heartbeat", float)  # or None: no heartbeats
 _STATS = web.AppKey("unison_watch_stats", dict)
 
 
-def add_watch_routes(app: web.Application, ctx: Any, *, heartbeat: float = HEARTBEAT_SECONDS,
+def add_watch_routes(app: web.Application, ctx: Any, *,
+                     heartbeat: float | None = HEARTBEAT_SECONDS,
                      wrap: Callable[[Handler], Handler] = lambda handler: handler) -> None:
     """Register the watch route on the node's HTTP app (ctx: a `unison.node.NodeContext`);
     `wrap` is applied to the handler (the app's error mapping and request counts)."""
     app[_CLOSING] = asyncio.Event()
+    app[_CURSORS] = set()
     app[_HEARTBEAT] = heartbeat
     app[_STATS] = {"watch_streams": 0, "watch_events_sent": 0}
 
     async def on_shutdown(app: web.Application) -> None:
         # Streams never finish on their own: tell them to end so shutdown does not wait.
         app[_CLOSING].set()
+        for cursor in list(app[_CURSORS]):
+            cursor.close()
 
     app.on_shutdown.append(on_shutdown)
 
@@ -86,10 +101,6 @@ def _start_lsn(request: web.Request, store: NamespaceStore) -> int | web.Respons
     return _parse_lsn(raw, "from_lsn")
 
 
-def _trimmed(store: NamespaceStore, wanted: int) -> bool:
-    return wanted < store.first_lsn and wanted <= store.last_lsn
-
-
 async def _watch(request: web.Request, ctx: Any) -> web.StreamResponse:
     ns = request.match_info["namespace"]
     store: NamespaceStore | None = ctx.stores.get(ns)
@@ -99,82 +110,77 @@ async def _watch(request: web.Request, ctx: Any) -> web.StreamResponse:
     if isinstance(start, web.Response):
         return start
     start = max(start, 1)
-    if store.closed:
+    limits = replace(WATCH_STREAM, heartbeat=request.app[_HEARTBEAT])
+    try:
+        cursor = store.cursor(start, limits)
+    except StoreClosed:
         return _error(503, f"namespace {ns}: storage is closed")
-    if _trimmed(store, start):
-        return _trimmed_response(ns, start, store.first_lsn)
+    except LogTrimmed as e:
+        return _trimmed_response(ns, e.wanted, e.first)
+    with cursor:
+        return await _stream(request, ns, cursor)
 
+
+async def _stream(request: web.Request, ns: str, cursor: LogCursor) -> web.StreamResponse:
     resp = web.StreamResponse(headers={
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",
     })
     await resp.prepare(request)
-    closing = request.app[_CLOSING]
-    heartbeat = request.app[_HEARTBEAT]
-    stats = request.app[_STATS]
-    closing_wait = asyncio.ensure_future(closing.wait())
-    next_lsn = start
+    app = request.app
+    stats = app[_STATS]
+    app[_CURSORS].add(cursor)
+    if app[_CLOSING].is_set():  # shutting down already: end at once
+        cursor.close()
     stats["watch_streams"] += 1
     try:
-        await resp.write(f": watching {ns} from lsn {start}\n\n".encode())
-        while not closing.is_set():
-            try:
-                records = store.read_log(next_lsn, CHUNK_RECORDS, CHUNK_BYTES)
-            except LogTrimmed as e:
-                # Trimmed (or replaced by a snapshot) while we were behind: say so and end;
-                # the reconnect then gets the 410.
-                await resp.write(_sse_error("log trimmed", lsn=e.wanted,
-                                            first_retained_lsn=e.first))
-                break
-            except CorruptRecord as e:
-                # The response has started, so no HTTP error can be sent any more: report
-                # it in the stream and end it. Resuming cannot get past this record either.
-                log.error("namespace %s: watch stream stopped at lsn %d: corrupt record in "
-                          "the local log: %s", ns, next_lsn, e)
-                await resp.write(_sse_error(
-                    f"namespace {ns}: corrupt record in the local log at or after lsn "
-                    f"{next_lsn}; the stream cannot continue: {e}", lsn=next_lsn))
-                break
-            if records:
-                out = bytearray()
-                for r in records:
-                    out += b"id: %d\ndata: " % r.lsn
-                    out += encode_notification(ns, r)
-                    out += b"\n\n"
-                next_lsn = records[-1].lsn + 1
-                await resp.write(bytes(out))
-                stats["watch_events_sent"] += len(records)
-                continue
-            if not await _wait_for_commit(store, next_lsn - 1, closing_wait, heartbeat):
-                if store.closed or closing.is_set():
-                    break
-                await resp.write(b": heartbeat\n\n")
+        await resp.write(f": watching {ns} from lsn {cursor.next_lsn}\n\n".encode())
+        await _pump(resp, ns, cursor, stats)
     except (ConnectionResetError, asyncio.CancelledError):
-        log.debug("namespace %s: watch client went away at lsn %d", ns, next_lsn)
+        log.debug("namespace %s: watch client went away at lsn %d", ns, cursor.next_lsn)
         raise
-    except StoreClosed:
-        pass
     finally:
-        closing_wait.cancel()
+        app[_CURSORS].discard(cursor)
         stats["watch_streams"] -= 1
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp
 
 
-async def _wait_for_commit(store: NamespaceStore, lsn: int, closing_wait: asyncio.Future[Any],
-                           heartbeat: float) -> bool:
-    """True when a record beyond `lsn` exists; False on heartbeat timeout, close or shutdown."""
-    if store.last_lsn > lsn:
-        return True
-    waiter = asyncio.ensure_future(store.wait_beyond(lsn))
+async def _pump(resp: web.StreamResponse, ns: str, cursor: LogCursor,
+                stats: dict[str, int]) -> None:
+    """Write the cursor's batches as events and its heartbeats as comments, until the
+    store closes, the server shuts down (the cursor is closed) or the log fails us."""
+    def encode(records: Sequence[Record]) -> bytes:
+        out = bytearray()
+        for r in records:
+            out += b"id: %d\ndata: " % r.lsn
+            out += encode_notification(ns, r)
+            out += b"\n\n"
+        return bytes(out)
+
     try:
-        await asyncio.wait((waiter, closing_wait), timeout=heartbeat,
-                           return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    return store.last_lsn > lsn and not store.closed
+        async for item in cursor:
+            if isinstance(item, Heartbeat):
+                await resp.write(b": heartbeat\n\n")
+                continue
+            await resp.write(b"".join(c.encoded(_SSE, encode) for c in item.commits))
+            stats["watch_events_sent"] += item.last - item.first + 1
+    except LogTrimmed as e:
+        # Trimmed (or replaced by a snapshot) while we were behind: say so and end;
+        # the reconnect then gets the 410.
+        await resp.write(_sse_error("log trimmed", lsn=e.wanted, first_retained_lsn=e.first))
+    except CorruptRecord as e:
+        # The response has started, so no HTTP error can be sent any more: report
+        # it in the stream and end it. Resuming cannot get past this record either.
+        log.error("namespace %s: watch stream stopped at lsn %d: corrupt record in "
+                  "the local log: %s", ns, cursor.next_lsn, e)
+        await resp.write(_sse_error(
+            f"namespace {ns}: corrupt record in the local log at or after lsn "
+            f"{cursor.next_lsn}; the stream cannot continue: {e}", lsn=cursor.next_lsn))
+    except StoreClosed:
+        pass
 
 
 def _sse_error(message: str, **extra: Any) -> bytes:

@@ -1,8 +1,12 @@
 """ZeroMQ change publisher for one namespace.
 
 After every durable commit (local writes on a primary, records applied by a follower on
-a relayer: both reach us through the store's commit listener) each record goes out as
-two frames, `[b"<namespace>.kv", json]`, in LSN order.
+a relayer) each record goes out as two frames, `[b"<namespace>.kv", json]`, in LSN
+order. The notifier is a push adapter over the store's log cursor (storage/cursor.py):
+its cursor starts at the tail and calls it inside the commit path, and it drains the
+cursor without waiting, so a record is on the socket when the commit returns (or held
+for `write_notify_config.max_delay`). After a snapshot install (the history was
+replaced) it continues from the new tail: subscribers see a `seq_num` gap.
 
 The socket is a plain PUB, as in UnisonDB: when one subscriber's queue reaches the
 high-water mark, ZeroMQ drops that subscriber's messages only, silently; every other
@@ -16,19 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import zmq
 
 from unison.config import NotifierConfig, WriteNotifyConfig
 from unison.errors import StartupError
 from unison.notify.message import encode_notification, topic
-from unison.storage import NamespaceStore, Record
+from unison.storage import CorruptRecord, LogCursor, LogTrimmed, NamespaceStore, Record, StoreClosed
+from unison.storage.cursor import NOTIFIER
 
 log = logging.getLogger(__name__)
 
 # With coalescing on, a burst this large is sent at once rather than held for max_delay.
-MAX_COALESCED = 1024
+MAX_COALESCED = NOTIFIER.max_records
 _NOWAIT = int(zmq.DONTWAIT)
 _MORE_NOWAIT = int(zmq.DONTWAIT | zmq.SNDMORE)
 
@@ -46,7 +51,7 @@ class Notifier:
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unsubscribe: Callable[[], None] | None = None
+        self._cursor: LogCursor | None = None
         self._pending: list[Record] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self.sent = 0
@@ -75,7 +80,8 @@ class Notifier:
         self._ctx, self._sock = ctx, sock
         self._loop = asyncio.get_running_loop()
         if self.write_notify.enabled:
-            self._unsubscribe = self.store.subscribe(self._on_commit)
+            self._cursor = self.store.cursor(self.store.last_lsn + 1, NOTIFIER)
+            self._cursor.on_commit(self._on_commit)
             log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, max_delay %gs)",
                      self.namespace, self.endpoint, self.config.high_water_mark,
                      self.write_notify.max_delay)
@@ -85,9 +91,9 @@ class Notifier:
 
     async def stop(self) -> None:
         """Stop listening, send what is held back, close within linger_time."""
-        if self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
         if self._sock is None:
             return
         self._flush()
@@ -110,9 +116,26 @@ class Notifier:
 
     # ------------------------------------------------------------ commit path
 
-    def _on_commit(self, records: Sequence[Record]) -> None:
-        if not records:  # a snapshot was installed: no records, subscribers see a seq gap
+    def _on_commit(self) -> None:
+        """Inside the commit path: send (or hold) everything the cursor has now."""
+        cursor = self._cursor
+        if cursor is None:
             return
+        while True:
+            try:
+                batch = cursor.take_ready()
+            except LogTrimmed:  # a snapshot replaced the history: continue at its tail
+                cursor.seek(self.store.last_lsn + 1)
+                continue
+            except (StoreClosed, CorruptRecord) as e:
+                log.error("namespace %s: notifications stopped: %s", self.namespace, e)
+                return
+            if batch is None:
+                return
+            for c in batch.commits:
+                self._publish(c.records)
+
+    def _publish(self, records: Sequence[Record]) -> None:
         if self.write_notify.max_delay <= 0:
             self._send(records)
             return
