@@ -27,15 +27,11 @@ import zmq.asyncio
 from aiohttp import web
 from unison.crdt import encode_value
 
+from tests.support.nodes import free_port
+
 HOST = "127.0.0.1"
 DC1, DC2 = "ad-campaign-dc1", "ad-campaign-dc2"
 WAIT = 20.0  # generous upper bound for anything to happen on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 async def eventually(check: Callable[[], Any], what: str, limit: float = WAIT) -> Any:

@@ -22,6 +22,8 @@ from unison.replication.follower import Follower
 from unison.replication.server import ReplicationServer
 from unison.storage import Mutation, NamespaceStore, Op, Record
 
+from tests.support.nodes import free_port
+
 HOST = "127.0.0.1"
 NS = "ns1"
 
@@ -220,7 +222,7 @@ async def test_idle_upstream_heartbeats_make_a_fresh_follower_caught_up(
 async def test_follower_reconnects_after_the_upstream_goes_away(cluster: Cluster) -> None:
     primary = cluster.store("primary")
     await fill(primary, 100)
-    port = _free_port()
+    port = free_port()
     srv = ReplicationServer({NS: primary}, plaintext(port))
     await srv.start()
     replica = cluster.store("replica")
@@ -282,12 +284,6 @@ async def test_corrupted_record_is_refused_logged_and_never_skipped(
     finally:
         await f.stop()
         await server.stop(0)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 async def test_port_in_use_is_a_startup_error_naming_the_port(cluster: Cluster) -> None:

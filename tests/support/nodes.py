@@ -28,10 +28,19 @@ from unison.config import NodeConfig, plan_cluster, render_toml
 HOST = "127.0.0.1"
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A port free now that this process never handed out before: the kernel may offer
+    the same port twice in a row, and a node given it for HTTP and gRPC cannot start."""
+    while True:
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def b64(text: str | bytes) -> str:
