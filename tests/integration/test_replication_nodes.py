@@ -118,7 +118,9 @@ def test_seed_topology_relayer_sees_both_datacenters_and_is_read_only(
     assert relayer.get(DC1, "sneaky") is None and dc1.get(DC1, "sneaky") is None
     follower = stats(relayer, DC2)["follower"]
     assert follower["upstream"] == f"{HOST}:{dc2.grpc_port}"
-    assert follower["lag_records"] == 0 and follower["applied_lsn"] == 1
+    # The upstream's latest LSN reaches the follower with the stream, not at once.
+    wait_for(lambda: (f := stats(relayer, DC2)["follower"])["lag_records"] == 0
+             and f["applied_lsn"] == 1, what="dc2's follower at lag 0", nodes=(relayer,))
 
 
 def test_relayer_down_during_10k_writes_catches_up_exactly(
@@ -232,10 +234,16 @@ def _follower_metrics(node: NodeProcess, labels: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for line in text.splitlines():
         if line.startswith("unison_ready "):
-            out["unison_ready"] = line.split()[-1]
+            out["unison_ready"] = _number(line.split()[-1])
         elif line.startswith("unison_follower_") and labels in line:
-            out[line.split("{", 1)[0]] = line.rsplit(" ", 1)[1]
+            out[line.split("{", 1)[0]] = _number(line.rsplit(" ", 1)[1])
     return out
+
+
+def _number(sample: str) -> str:
+    """A sample value as a person writes it: "1.0" -> "1", "0.25" stays."""
+    value = float(sample)
+    return str(int(value)) if value.is_integer() else sample
 
 
 def test_relayer_is_not_ready_while_its_upstream_is_gone_and_ready_again_after(

@@ -13,12 +13,14 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from functools import update_wrapper
+from time import perf_counter
 
 from aiohttp import web
 
 from unison.api.kv import KvRoutes, body_too_large
 from unison.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from unison.api.metrics import RequestCounter, render_metrics
+from unison.api.metrics import RequestCounter, node_registry
+from unison.api.metrics import render as render_metrics
 from unison.api.openapi import openapi_document
 from unison.api.responses import ApiError, error_response, json_bytes, json_ok
 from unison.api.watch import add_watch_routes, watch_metrics
@@ -52,12 +54,13 @@ class _Observer:
         requests = self.requests
 
         async def observed(request: web.Request) -> web.StreamResponse:
+            start = perf_counter()
             try:
                 response = await handler(request)
             except Exception as e:
                 response = self._error(request, e)
             requests.add(request.method, request.match_info.route.resource.canonical,
-                         response.status)
+                         response.status, perf_counter() - start)
             return response
 
         return update_wrapper(observed, handler)
@@ -119,8 +122,10 @@ def build_app(ctx: NodeContext) -> web.Application:
         return json_ok({"ready": False, "reasons": reasons,
                         "error": "not ready: " + "; ".join(reasons)}, 503)
 
+    registry = node_registry(ctx, requests, lambda: watch_metrics(app))
+
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=render_metrics(ctx, requests, watch_metrics(app)).encode(),
+        return web.Response(body=render_metrics(registry),
                             headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def openapi_json(request: web.Request) -> web.Response:

@@ -1,61 +1,68 @@
-"""The client's counters, rendered in the Prometheus text format."""
+"""The client's counters and gauges (prometheus_client), served on its /metrics."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    ProcessCollector,
+    disable_created_metrics,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-# name -> (type, help); rendered in this order
-METRICS: dict[str, tuple[str, str]] = {
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# A `<name>_created` gauge beside every counter only doubles the series; nobody reads it.
+disable_created_metrics()
+
+# name -> (type, help, label names)
+METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "unison_client_notifications_received_total": (
-        "counter",
-        "Change notifications received over ZeroMQ.",
-    ),
-    "unison_client_updates_applied_total": ("counter", "Values that changed the CRDT state."),
-    "unison_client_stale_ignored_total": ("counter", "Values ignored because they lose the merge."),
-    "unison_client_duplicates_total": ("counter", "Values equal to what is already held."),
+        "counter", "Change notifications received over ZeroMQ.", ("namespace",)),
+    "unison_client_updates_applied_total": (
+        "counter", "Values that changed the CRDT state.", ("namespace",)),
+    "unison_client_stale_ignored_total": (
+        "counter", "Values ignored because they lose the merge.", ("namespace",)),
+    "unison_client_duplicates_total": (
+        "counter", "Values equal to what is already held.", ("namespace",)),
     "unison_client_malformed_skipped_total": (
-        "counter",
-        "Values or notifications skipped as malformed.",
-    ),
-    "unison_client_unknown_keys_total": ("counter", "Keys ignored because no CRDT handles them."),
-    "unison_client_deletes_total": ("counter", "Delete notifications (CRDT state is kept)."),
-    "unison_client_rescans_total": ("counter", "Namespace scans, by reason."),
-    "unison_client_relayer_errors_total": ("counter", "Failed requests to the relayer."),
-    "unison_client_last_seq": ("gauge", "Highest seq_num seen per namespace."),
-    "unison_client_keys": ("gauge", "CRDT keys held, by type."),
+        "counter", "Values or notifications skipped as malformed.", ("namespace",)),
+    "unison_client_unknown_keys_total": (
+        "counter", "Keys ignored because no CRDT handles them.", ("namespace",)),
+    "unison_client_deletes_total": (
+        "counter", "Delete notifications (CRDT state is kept).", ("namespace",)),
+    "unison_client_rescans_total": (
+        "counter", "Namespace scans, by reason.", ("namespace", "reason")),
+    "unison_client_relayer_errors_total": (
+        "counter", "Failed requests to the relayer.", ("namespace",)),
+    "unison_client_last_seq": ("gauge", "Highest seq_num seen per namespace.", ("namespace",)),
+    "unison_client_keys": ("gauge", "CRDT keys held, by type.", ("crdt",)),
 }
-
-Labels = tuple[tuple[str, str], ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 class Metrics:
+    """The client's metrics in a registry of their own (tests run several clients)."""
+
     def __init__(self) -> None:
-        self._values: dict[str, dict[Labels, float]] = defaultdict(dict)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._metrics: dict[str, Counter | Gauge] = {}
+        for name, (kind, help_text, labels) in METRICS.items():
+            if kind == "counter":
+                self._metrics[name] = Counter(name.removesuffix("_total"), help_text, labels,
+                                              registry=self.registry)
+            else:
+                self._metrics[name] = Gauge(name, help_text, labels, registry=self.registry)
+        ProcessCollector(registry=self.registry)
 
     def inc(self, name: str, amount: float = 1, **labels: str) -> None:
-        assert name in METRICS, name
-        key = tuple(sorted(labels.items()))
-        series = self._values[name]
-        series[key] = series.get(key, 0) + amount
+        metric = self._metrics[name]
+        assert isinstance(metric, Counter), name
+        metric.labels(**labels).inc(amount)
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        assert name in METRICS, name
-        self._values[name][tuple(sorted(labels.items()))] = value
-
-    def get(self, name: str, **labels: str) -> float:
-        return self._values.get(name, {}).get(tuple(sorted(labels.items())), 0)
+        metric = self._metrics[name]
+        assert isinstance(metric, Gauge), name
+        metric.labels(**labels).set(value)
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name, (kind, helptext) in METRICS.items():
-            lines.append(f"# HELP {name} {helptext}")
-            lines.append(f"# TYPE {name} {kind}")
-            for labels, value in sorted(self._values.get(name, {}).items()):
-                inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                number = int(value) if float(value).is_integer() else value
-                lines.append(f"{name}{{{inner}}} {number}" if inner else f"{name} {number}")
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()

@@ -1,0 +1,56 @@
+"""/metrics of real nodes, read with prometheus_client's own parser as a Prometheus server
+would: every line parses, no series appears twice, counters are counters (named
+*_total), the request-duration histogram and process metrics are there."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.nodes import running_cluster
+
+
+def families(text: str) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def assert_no_duplicate_series(text: str) -> None:
+    series = Counter((s.name, tuple(sorted(s.labels.items())))
+                     for f in text_string_to_metric_families(text) for s in f.samples)
+    twice = [s for s, n in series.items() if n > 1]
+    assert not twice, twice
+
+
+def test_node_metrics_parse_without_duplicates(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as nodes:
+        dc1, relayer = nodes["dc1"], nodes["relayer"]
+        for i in range(5):
+            assert dc1.put("ad-campaign-dc1", f"k{i}", "v")[0] == 200
+        for node in (dc1, relayer):
+            status, text = node.api("GET", "/metrics")
+            assert status == 200 and isinstance(text, str)
+            assert_no_duplicate_series(text)
+            f = families(text)
+            for name, fam in f.items():
+                if fam.type == "counter":
+                    assert all(s.name.endswith("_total") for s in fam.samples), name
+            assert f["process_resident_memory_bytes"].samples[0].value > 0
+            assert "unison_http_request_duration_seconds" in f
+
+        dc1_text = dc1.api("GET", "/metrics")[1]
+        puts = [s for s in families(dc1_text)["unison_http_request_duration_seconds"].samples
+                if s.name.endswith("_count") and s.labels["method"] == "PUT"]
+        assert puts and puts[0].value == 5, puts
+
+        relayer_text = relayer.api("GET", "/metrics")[1]
+        rf = families(relayer_text)
+        # Growing follower fields are counters; state is a gauge, once per upstream.
+        for name in ("unison_follower_connect_attempts", "unison_follower_batches_applied",
+                     "unison_follower_snapshots_installed", "unison_follower_refused_batches",
+                     "unison_follower_reconnects", "unison_follower_records_applied"):
+            assert rf[name].type == "counter", name
+        caught_up = rf["unison_follower_caught_up"]
+        assert caught_up.type == "gauge" and len(caught_up.samples) == 2, caught_up.samples
