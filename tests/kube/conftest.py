@@ -21,6 +21,7 @@ from tests.kube.e2e import Operator, install_operator
 
 REQUIRED = os.environ.get("UNISON_REQUIRE_KUBE") == "1"
 _timings: dict[str, float] = {}  # the session cluster's phases, for the closing summary
+SUMMARY: list[str] = []  # lines tests want in the closing summary (e.g. audit counts)
 
 
 def _unavailable() -> str | None:
@@ -73,6 +74,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _timings:
         terminalreporter.write_line("real Kubernetes cluster: " + ", ".join(
             f"{k} {v:.1f}s" for k, v in _timings.items()))
+    for line in SUMMARY:
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

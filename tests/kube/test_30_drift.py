@@ -19,6 +19,7 @@ from tests.kube.e2e import (
     children,
     example,
     get_uc,
+    status_watched,
     wait_ready,
     wait_until,
 )
@@ -66,12 +67,10 @@ def test_deleted_child_is_recreated(drifty: Cluster, kind: str, name: str) -> No
 
 
 def test_edited_statefulset_is_put_back(drifty: Cluster) -> None:
-    """`kubectl edit`: scale a datacenter to 0 and change its image."""
+    """`kubectl edit`: scale a datacenter to 0 and change its image. Status must not say
+    Ready while the edit and its repair roll through."""
     cluster = drifty
     sts = f"{NAME}-dc1"
-    cluster.kubectl("-n", NS, "patch", "statefulset", sts, "--type", "merge", "-p",
-                    json.dumps({"spec": {"replicas": 0}}))
-    cluster.kubectl("-n", NS, "set", "image", f"statefulset/{sts}", "node=busybox:edited")
 
     def restored() -> bool:
         obj = _get(cluster, "statefulset", sts) or {}
@@ -80,9 +79,13 @@ def test_edited_statefulset_is_put_back(drifty: Cluster) -> None:
             "containers", [])]
         return spec.get("replicas") == 1 and images == ["unison:0.1.0"]
 
-    wait_until(f"statefulset/{sts} back as rendered", restored, REPAIR_SECONDS,
-               cluster.diagnose)
-    wait_ready(cluster, NAME, NS)
+    with status_watched(cluster, NAME, NS):
+        cluster.kubectl("-n", NS, "patch", "statefulset", sts, "--type", "merge", "-p",
+                        json.dumps({"spec": {"replicas": 0}}))
+        cluster.kubectl("-n", NS, "set", "image", f"statefulset/{sts}", "node=busybox:edited")
+        wait_until(f"statefulset/{sts} back as rendered", restored, REPAIR_SECONDS,
+                   cluster.diagnose)
+        wait_ready(cluster, NAME, NS)
 
 
 def test_drift_while_the_operator_is_down(drifty: Cluster, operator: Operator) -> None:

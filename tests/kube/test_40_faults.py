@@ -21,6 +21,7 @@ from tests.kube.e2e import (
     example,
     http_call,
     service_ip,
+    status_watched,
     wait_ready,
     wait_until,
 )
@@ -100,9 +101,10 @@ def test_operator_killed_mid_reconcile(faulty: Cluster, operator: Operator) -> N
     cluster = faulty
     doc = example(NAME, client={"enabled": False})
     doc["spec"]["datacenters"].append({"name": "dc3", "namespaces": ["ad-campaign-dc3"]})
-    apply(cluster, doc, NS)
-    operator.restart()
-    uc = wait_ready(cluster, NAME, NS)
+    with status_watched(cluster, NAME, NS):
+        apply(cluster, doc, NS)
+        operator.restart()
+        uc = wait_ready(cluster, NAME, NS)
     sts = sorted(s["metadata"]["name"] for s in children(cluster, "statefulsets", NAME, NS))
     assert sts == [f"{NAME}-dc1", f"{NAME}-dc2", f"{NAME}-dc3", f"{NAME}-relayer"], sts
     assert uc["status"]["parts"]["dc3"] == {"ready": 1, "desired": 1}, uc["status"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tests.kube.cluster import Cluster, log
+from tests.kube.cluster import Cluster
+from tests.kube.conftest import SUMMARY
 from tests.kube.e2e import audit_events
 
 # The cluster-wide release (and the plain manifest, same names) and the namespaced one.
@@ -22,7 +23,8 @@ def test_no_forbidden_or_anonymous_request(cluster: Cluster) -> None:
         events = audit_events(cluster, user)
         seen += len(events)
         codes = Counter(e.get("responseStatus", {}).get("code") for e in events)
-        log(f"audit: {user}: {len(events)} requests, by status {dict(codes)}")
+        SUMMARY.append(f"audit log: {user}: {len(events)} requests, by status "
+                       f"{dict(sorted(codes.items(), key=str))}")
         forbidden = [f"{e['verb']} {e['requestURI']}" for e in events
                      if e.get("responseStatus", {}).get("code") == 403]
         assert not forbidden, f"{user} was refused {len(forbidden)} times: {forbidden[:10]}"
