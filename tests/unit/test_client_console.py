@@ -7,7 +7,7 @@ import logging
 
 import pytest
 from unison.client import output
-from unison.client.sync import Console
+from unison.client.sync import StdoutPrinter
 from unison.crdt import CRDTState, encode_value
 
 
@@ -26,13 +26,13 @@ def written(stream: io.TextIOWrapper) -> bytes:
 @pytest.mark.parametrize("encoding", ["utf-8", "ascii", "latin-1"])
 def test_lone_surrogates_are_written_backslash_escaped(encoding: str) -> None:
     stream = strict_stream(encoding)
-    Console(stream=stream).show("Value: \ud800 and \udcff")
+    StdoutPrinter(stream=stream).show("Value: \ud800 and \udcff")
     assert written(stream) == b"Value: \\ud800 and \\udcff\n"
 
 
 def test_encodable_text_is_written_as_it_is() -> None:
     stream = strict_stream()
-    Console(stream=stream).show("Value: DC2 wins! é ✓")
+    StdoutPrinter(stream=stream).show("Value: DC2 wins! é ✓")
     assert written(stream).decode("utf-8") == "Value: DC2 wins! é ✓\n"
 
 
@@ -40,7 +40,7 @@ def test_the_state_block_with_surrogates_prints() -> None:
     state = CRDTState()
     state.apply_b64("lww:x", encode_value({"value": "\ud800", "timestamp": 1, "replica": "a"}))
     stream = strict_stream()
-    Console(stream=stream).show(output.state_block(state.snapshot()))
+    StdoutPrinter(stream=stream).show(output.state_block(state.snapshot()))
     assert b"Value: \\ud800" in written(stream)
 
 
@@ -49,7 +49,7 @@ def test_a_stream_that_cannot_be_written_is_logged_not_raised(
 ) -> None:
     stream = strict_stream()
     stream.close()
-    console = Console(stream=stream)
+    console = StdoutPrinter(stream=stream)
     with caplog.at_level(logging.DEBUG, logger="unison.client.sync"):
         console.show("first")
         console.show("second")
@@ -60,7 +60,7 @@ def test_a_stream_that_cannot_be_written_is_logged_not_raised(
 
 def test_quiet_shows_only_what_is_always_shown() -> None:
     stream = strict_stream()
-    console = Console(quiet=True, stream=stream)
+    console = StdoutPrinter(quiet=True, stream=stream)
     console.show("per-change line")
     console.show("banner", always=True)
     assert written(stream) == b"banner\n"

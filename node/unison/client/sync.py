@@ -32,7 +32,7 @@ BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
 
 
-class Console:
+class StdoutPrinter:
     """stdout for the seed's lines (flushed at once so pipes see them live).
 
     Values are user data: a lone surrogate (valid JSON `"\\ud800"`) cannot be encoded by
@@ -109,7 +109,7 @@ class NamespaceSync:
         api: RelayerAPI,
         state: CRDTState,
         metrics: Metrics,
-        console: Console,
+        printer: StdoutPrinter,
         resync_interval: float,
         stop: asyncio.Event,
     ) -> None:
@@ -118,7 +118,7 @@ class NamespaceSync:
         self.api = api
         self.state = state
         self.metrics = metrics
-        self.console = console
+        self.printer = printer
         self.resync_interval = resync_interval
         self.stop = stop
         self.last_seq: int | None = None
@@ -131,11 +131,11 @@ class NamespaceSync:
 
     def connect(self) -> None:
         """Connect and subscribe (raises zmq.ZMQError for a bad address)."""
-        self.console.show(f"Connecting to ZeroMQ {self.ns}: {self.address}", always=True)
+        self.printer.show(f"Connecting to ZeroMQ {self.ns}: {self.address}", always=True)
         self.sock.connect(self.address)
         # filter on the namespace prefix, as the seed's client does
         self.sock.setsockopt(zmq.SUBSCRIBE, self.ns.encode())
-        self.console.show(f"ZeroMQ listener started for namespace: {self.ns}", always=True)
+        self.printer.show(f"ZeroMQ listener started for namespace: {self.ns}", always=True)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -186,7 +186,7 @@ class NamespaceSync:
             log.debug("%s: ignoring notification for namespace %r", self.ns, n.namespace)
             return
         self.metrics.inc("unison_client_notifications_received_total", namespace=self.ns)
-        self.console.show(output.notification(n.topic, n.key, n.operation, n.seq_num))
+        self.printer.show(output.notification(n.topic, n.key, n.operation, n.seq_num))
 
         previous = self.last_seq
         self._see_seq(n.seq_num)
@@ -216,7 +216,7 @@ class NamespaceSync:
                 self.ns,
                 n.key,
             )
-            self.console.show("Skipping delete operation (CRDT state is kept)")
+            self.printer.show("Skipping delete operation (CRDT state is kept)")
         else:
             self.metrics.inc("unison_client_malformed_skipped_total", namespace=self.ns)
             log.warning("%s: unknown operation %r for key %r; skipped", self.ns, n.operation, n.key)
@@ -250,7 +250,7 @@ class NamespaceSync:
         }[result.outcome]
         self.metrics.inc(metric, namespace=self.ns)
         if verbose:
-            self.console.show(output.apply_result(result))
+            self.printer.show(output.apply_result(result))
         return result.outcome
 
     async def fetch_and_merge(self, key: str) -> None:
@@ -286,13 +286,13 @@ class NamespaceSync:
             ("pncounter", self.state.pncounters),
         ):
             self.metrics.set("unison_client_keys", len(held), crdt=name)
-        if not self.console.quiet:
+        if not self.printer.quiet:
             try:
                 text = output.state_block(self.state.snapshot())
             except Exception:  # printing is a courtesy: the state and /state stay right
                 log.exception("%s: could not format the CURRENT CRDT STATE block", self.ns)
                 return
-            self.console.show(text)
+            self.printer.show(text)
 
     # -- scans --------------------------------------------------------------------------
 
@@ -343,7 +343,7 @@ class NamespaceSync:
             counts["malformed"],
             baseline,
         )
-        self.console.show(
+        self.printer.show(
             f"Scanned {self.ns} ({reason}): {counts['keys']} keys, {counts['updated']} updated"
         )
         if counts["updated"]:

@@ -1,5 +1,5 @@
 """Change notifications: one ZeroMQ publisher per namespace, in UnisonDB's wire format."""
 
-from unison.notify.message import encode_notification, notification, topic
+from unison.notify.message import encode_notification, topic
 
-__all__ = ["encode_notification", "notification", "topic"]
+__all__ = ["encode_notification", "topic"]

@@ -8,7 +8,6 @@ encoder here makes the ZeroMQ frames and the watch events identical by construct
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from unison.storage.records import Op, Record
 
@@ -19,23 +18,14 @@ def topic(namespace: str) -> bytes:
     return f"{namespace}.{ENTRY_TYPE}".encode()
 
 
-def notification(namespace: str, record: Record) -> dict[str, Any]:
-    return {
-        # Keys are plain strings for subscribers; undecodable bytes must not kill the feed.
-        "key": record.key.decode("utf-8", "replace"),
-        "namespace": namespace,
-        "operation": record.op.word,
-        "entry_type": ENTRY_TYPE,
-        "seq_num": record.lsn,
-    }
-
-
 _OPS = {op: json.dumps(op.word) for op in Op}
 
 
 def encode_notification(namespace: str, record: Record) -> bytes:
-    """`notification()` as compact JSON. Built by hand because it runs once per record on
-    the commit path; only the key needs escaping (tests check it equals json.dumps)."""
+    """The notification of `record` as compact JSON: `key` (plain text for subscribers:
+    undecodable bytes are replaced, they must not kill the feed), `namespace`, `operation`,
+    `entry_type`, `seq_num` (the LSN). Built by hand because it runs once per record on the
+    commit path; only the key needs escaping (tests check it equals json.dumps)."""
     key = json.dumps(record.key.decode("utf-8", "replace"), ensure_ascii=False)
     ns = json.dumps(namespace, ensure_ascii=False)
     return (f'{{"key":{key},"namespace":{ns},"operation":{_OPS[record.op]},'
