@@ -252,22 +252,6 @@ async def _load(port: int, prefix: str, rate: float, seconds: float, sizes: Size
     probe_rate = min(rate, sizes.probe_rate)
     batch_rate = (rate - probe_rate) / sizes.batch  # batch requests per second
 
-    async def stream(session: aiohttp.ClientSession, every: float, make: Any) -> None:
-        tasks = []
-        t0 = time.monotonic()
-        i = 0
-        while True:
-            due = t0 + i * every
-            if (until is None and due - t0 >= seconds) or (until is not None and
-                                                          (until() or due - t0 >= 60)):
-                break
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(make(session, i)))
-            i += 1
-        await asyncio.gather(*tasks)
-
     def probe(session: aiohttp.ClientSession, i: int) -> Any:
         key = f"{prefix}p{i}"
         return request(session, "PUT", f"{base}/{key}", single, [key])
@@ -280,13 +264,33 @@ async def _load(port: int, prefix: str, rate: float, seconds: float, sizes: Size
 
     async with aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=sizes.connections)) as session:
-        streams = [stream(session, 1 / probe_rate, probe)]
+        streams = [_open_loop(lambda i: probe(session, i), 1 / probe_rate, seconds, until)]
         if batch_rate > 0:
-            streams.append(stream(session, 1 / batch_rate, batch))
+            streams.append(_open_loop(lambda j: batch(session, j), 1 / batch_rate, seconds,
+                                      until))
         await asyncio.gather(*streams)
     if errors:
         raise RuntimeError(f"{len(errors)} writes failed; first: {errors[0]}")
     return acks
+
+
+async def _open_loop(make: Any, every: float, seconds: float, until: Any) -> None:
+    """Start make(i) every `every` seconds (open loop: not waiting for the previous one)
+    for `seconds`, or (with `until`) until until() is true (at most 60 s); await them all."""
+    tasks = []
+    t0 = time.monotonic()
+    i = 0
+    while True:
+        due = t0 + i * every
+        if (until is None and due - t0 >= seconds) or (until is not None and
+                                                      (until() or due - t0 >= 60)):
+            break
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(make(i)))
+        i += 1
+    await asyncio.gather(*tasks)
 
 
 def _lags(acks: dict[str, int], arrivals: dict[str, int]) -> tuple[list[float], int, int]:

@@ -57,15 +57,7 @@ class Node:
 
     async def _start(self) -> None:
         cfg = self.config
-        base = Path(cfg.storage.base_dir)
-        for ns in cfg.storage.namespaces:
-            try:
-                self.stores[ns] = NamespaceStore(
-                    ns, base / ns, bytes_per_sync=cfg.storage.bytes_per_sync).open()
-            except Exception as e:
-                raise StartupError(f"namespace {ns}: cannot open storage in {base / ns}: {e}") from e
-            self.stores[ns].start()
-
+        self._open_stores()
         if self.role == "relayer":
             writable: frozenset[str] = frozenset()
         else:
@@ -105,9 +97,27 @@ class Node:
         if wc.enabled and (wc.max_age > 0 or wc.max_records > 0):
             self._tasks.append(asyncio.create_task(self._retention_loop(), name="retention"))
 
+        await self._serve_http(self.ctx)
+        for ns in cfg.storage.namespaces:
+            mode = "read-write" if ns in writable else "read-only"
+            log.info("Namespace '%s' initialized (%s, lsn %d)", ns, mode, self.stores[ns].last_lsn)
+
+    def _open_stores(self) -> None:
+        cfg = self.config
+        base = Path(cfg.storage.base_dir)
+        for ns in cfg.storage.namespaces:
+            try:
+                self.stores[ns] = NamespaceStore(
+                    ns, base / ns, bytes_per_sync=cfg.storage.bytes_per_sync).open()
+            except Exception as e:
+                raise StartupError(f"namespace {ns}: cannot open storage in {base / ns}: {e}") from e
+            self.stores[ns].start()
+
+    async def _serve_http(self, ctx: NodeContext) -> None:
         from unison.api.app import build_app
 
-        self._http = web.AppRunner(build_app(self.ctx), access_log=None, handle_signals=False)
+        cfg = self.config
+        self._http = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
         await self._http.setup()
         site = web.TCPSite(self._http, cfg.http.listen_ip, cfg.http_port, reuse_address=True)
         try:
@@ -115,9 +125,6 @@ class Node:
         except OSError as e:
             raise StartupError(f"HTTP port {cfg.http_port} on {cfg.http.listen_ip}: {e.strerror}") from e
         log.info("HTTP server listening on :%d", cfg.http_port)
-        for ns in cfg.storage.namespaces:
-            mode = "read-write" if ns in writable else "read-only"
-            log.info("Namespace '%s' initialized (%s, lsn %d)", ns, mode, self.stores[ns].last_lsn)
 
     async def _retention_loop(self) -> None:
         wc = self.config.storage.wal_cleanup

@@ -582,26 +582,24 @@ def _temporary_on_api_errors(cfg: OperatorConfig) -> Iterator[None]:
         raise kopf.TemporaryError(f"Kubernetes API: {e}", delay=cfg.retry_delay) from e
 
 
-def make_registry(cfg: OperatorConfig | None = None,
-                  registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
-    """A kopf registry with the UnisonCluster handlers bound to `cfg`."""
-    cfg = cfg or OperatorConfig()
-    registry = registry or kopf.OperatorRegistry()
-    holder: dict[str, KubeClient] = {}
-    rt = _Runtime(locks={}, clusters=set(), repaired_at={})
-    tasks: list[asyncio.Task[None]] = []
+class _Operator:
+    """The work behind the handlers of one operator, sharing one API client and `_Runtime`.
 
-    def api() -> KubeClient:
-        if "api" not in holder:
-            holder["api"] = cfg.client_factory()
-        return holder["api"]
+    `make_registry` registers thin closures that call these methods, so kopf's handler ids
+    (which it keeps in annotations) stay those of the closures."""
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return cfg.login(**kwargs)
+    def __init__(self, cfg: OperatorConfig) -> None:
+        self.cfg = cfg
+        self.rt = _Runtime(locks={}, clusters=set(), repaired_at={})
+        self.tasks: list[asyncio.Task[None]] = []
+        self._api: KubeClient | None = None
 
-    @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
+    def api(self) -> KubeClient:
+        if self._api is None:
+            self._api = self.cfg.client_factory()
+        return self._api
+
+    def configure(self, settings: kopf.OperatorSettings, logger: Any) -> None:
         # Keep kopf's bookkeeping in our own annotations and out of `status`, which the
         # CRD schema defines (and prunes) precisely.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
@@ -613,57 +611,48 @@ def make_registry(cfg: OperatorConfig | None = None,
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         settings.networking.error_backoffs = [1, 2, 5, 10]
-        if cfg.resync_interval > 0:
-            tasks.append(asyncio.get_running_loop().create_task(
-                resync_forever(logger), name="unison-resync"))
+        if self.cfg.resync_interval > 0:
+            self.tasks.append(asyncio.get_running_loop().create_task(
+                self.resync_forever(logger), name="unison-resync"))
 
-    @kopf.on.cleanup(registry=registry)
-    async def close(**_: Any) -> None:
-        for task in tasks:
+    async def close(self) -> None:
+        for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if "api" in holder:
-            await holder["api"].close()
+        if self._api is not None:
+            await self._api.close()
 
-    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
-    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def apply(body: kopf.Body, name: str, namespace: str, uid: str, meta: kopf.Meta,
-                    logger: Any, **_: Any) -> None:
+    async def apply(self, body: kopf.Body, name: str, namespace: str, uid: str,
+                    meta: kopf.Meta, logger: Any) -> None:
         # Resume (operator restart) compares every child too: edits made while the
         # operator was away are repaired, not skipped.
-        with _temporary_on_api_errors(cfg):
-            async with rt.lock(namespace, name):
-                await reconcile(api(), cfg, body, name, namespace, uid,
+        with _temporary_on_api_errors(self.cfg):
+            async with self.rt.lock(namespace, name):
+                await reconcile(self.api(), self.cfg, body, name, namespace, uid,
                                 meta.get("generation"), logger)
 
-    # The clusters the resync visits: every UnisonCluster kopf sees in its watch scope.
-    # (A kopf timer would do, but timers need a finalizer on every UnisonCluster, and
-    # deleting a cluster must not depend on the operator running.)
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def cluster_seen(event: kopf.RawEvent, name: str, namespace: str,
-                           **_: Any) -> None:
+    def cluster_seen(self, event: kopf.RawEvent, name: str, namespace: str) -> None:
         if event.get("type") == "DELETED":
-            rt.clusters.discard((namespace, name))
-            rt.locks.pop((namespace, name), None)
+            self.rt.clusters.discard((namespace, name))
+            self.rt.locks.pop((namespace, name), None)
         else:
-            rt.clusters.add((namespace, name))
+            self.rt.clusters.add((namespace, name))
 
-    async def resync_forever(logger: Any) -> None:
+    async def resync_forever(self, logger: Any) -> None:
         while True:
-            await asyncio.sleep(cfg.resync_interval)
-            for namespace, name in sorted(rt.clusters):
+            await asyncio.sleep(self.cfg.resync_interval)
+            for namespace, name in sorted(self.rt.clusters):
                 try:
-                    await resync(namespace, name, logger)
+                    await self.resync(namespace, name, logger)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # the next round retries; kopf's retries are separate
                     logger.warning("resync of %s/%s failed: %s", namespace, name, e)
 
-    async def resync(namespace: str, name: str, logger: Any) -> None:
-        client = api()
-        async with rt.lock(namespace, name):
+    async def resync(self, namespace: str, name: str, logger: Any) -> None:
+        client = self.api()
+        async with self.rt.lock(namespace, name):
             cluster = await client.get(KIND, namespace, name)
             if cluster is None or cluster["metadata"].get("deletionTimestamp"):
                 return
@@ -673,39 +662,78 @@ def make_registry(cfg: OperatorConfig | None = None,
                 return  # reported by the create/update handler; nothing to compare
             meta = cluster["metadata"]
             try:
-                await reconcile(client, cfg, cluster, name, namespace, meta["uid"],
+                await reconcile(client, self.cfg, cluster, name, namespace, meta["uid"],
                                 meta.get("generation"), logger)
             except ReconcileError:
                 pass  # in status and Events already
 
-    # Children: a deleted or edited child is re-applied at once (compared first, so our
-    # own writes come back as events that change nothing), and the StatefulSets' and
-    # Deployments' status flows up into the owner's status. No polling for readiness.
-    async def child_changed(body: kopf.Body, event: kopf.RawEvent, namespace: str,
-                            logger: Any, **_: Any) -> None:
+    async def child_changed(self, body: kopf.Body, event: kopf.RawEvent, namespace: str,
+                            logger: Any) -> None:
+        """Re-apply a deleted or edited child at once (compared first, so our own writes
+        come back as events that change nothing); StatefulSets' and Deployments' status
+        flows up into the owner's status. No polling for readiness."""
         owner = next((o for o in body.metadata.get("ownerReferences") or []
                       if o.get("kind") == KIND and o.get("apiVersion") == API_VERSION), None)
         if owner is None or not namespace:
             return
-        client = api()
+        client = self.api()
         kind, name = body.get("kind"), body.metadata.get("name")
         try:
             key = (namespace, f"{kind}", f"{name}")
             loop = asyncio.get_running_loop()
-            wait = rt.repaired_at.get(key, -1e9) + cfg.repair_interval - loop.time()
+            wait = self.rt.repaired_at.get(key, -1e9) + self.cfg.repair_interval - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
-            async with rt.lock(namespace, owner["name"]):
-                action = await repair_child(client, cfg, namespace, owner["name"], kind, name,
-                                            logger)
+            async with self.rt.lock(namespace, owner["name"]):
+                action = await repair_child(client, self.cfg, namespace, owner["name"], kind,
+                                            name, logger)
                 if action:
-                    rt.repaired_at[key] = loop.time()
+                    self.rt.repaired_at[key] = loop.time()
             if kind in ("StatefulSet", "Deployment") and event.get("type") != "DELETED":
                 await write_status(client, namespace, owner["name"], logger)
         except Exception:
             if client.closed:
                 return  # the operator is stopping; the session went away mid-request
             raise
+
+
+def make_registry(cfg: OperatorConfig | None = None,
+                  registry: kopf.OperatorRegistry | None = None) -> kopf.OperatorRegistry:
+    """A kopf registry with the UnisonCluster handlers bound to `cfg`."""
+    cfg = cfg or OperatorConfig()
+    registry = registry or kopf.OperatorRegistry()
+    op = _Operator(cfg)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return cfg.login(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, logger: Any, **_: Any) -> None:
+        op.configure(settings, logger)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await op.close()
+
+    @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
+    async def apply(body: kopf.Body, name: str, namespace: str, uid: str, meta: kopf.Meta,
+                    logger: Any, **_: Any) -> None:
+        await op.apply(body, name, namespace, uid, meta, logger)
+
+    # The clusters the resync visits: every UnisonCluster kopf sees in its watch scope.
+    # (A kopf timer would do, but timers need a finalizer on every UnisonCluster, and
+    # deleting a cluster must not depend on the operator running.)
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def cluster_seen(event: kopf.RawEvent, name: str, namespace: str,
+                           **_: Any) -> None:
+        op.cluster_seen(event, name, namespace)
+
+    async def child_changed(body: kopf.Body, event: kopf.RawEvent, namespace: str,
+                            logger: Any, **_: Any) -> None:
+        await op.child_changed(body, event, namespace, logger)
 
     for group, version, plural in CHILD_RESOURCES:
         kopf.on.event(group, version, plural, labels=MANAGED, registry=registry)(child_changed)

@@ -249,8 +249,36 @@ def statefulset(name: str, namespace: str, spec: ClusterSpec, plan: NodePlan, to
         component, replicas = "datacenter", 1
         storage, resources, placement = dc.storage, dc.resources, dc.placement
     lbl = labels(name, component, plan.name)
+    pod_spec = _node_pod_spec(spec, plan, names, resources)
+    _placement(pod_spec, placement)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(names.statefulset(plan.name), namespace, lbl, owner),
+        "spec": {
+            "serviceName": names.headless(plan.name),
+            "replicas": replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector(name, plan.name)},
+            "updateStrategy": {"type": "RollingUpdate"},
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": storage.reclaim_policy,
+                                                     "whenScaled": "Retain"},
+            "template": {
+                # The config hash makes a TOML change roll exactly the pods it concerns.
+                "metadata": {"labels": lbl,
+                             "annotations": {CONFIG_HASH_ANNOTATION: digest(toml)}},
+                "spec": pod_spec,
+            },
+            "volumeClaimTemplates": [_pvc_template(storage, lbl)],
+        },
+    }
+
+
+def _node_pod_spec(spec: ClusterSpec, plan: NodePlan, names: Names,
+                   resources: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """A node's pod: its TOML from the ConfigMap, data on the claim, probes on /readyz."""
     config_file = f"{plan.name}.toml"
-    pod_spec: dict[str, Any] = {
+    return {
         "securityContext": _pod_security(),
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": 30,
@@ -280,28 +308,6 @@ def statefulset(name: str, namespace: str, spec: ClusterSpec, plan: NodePlan, to
                                                         "path": config_file}]}},
             {"name": "tmp", "emptyDir": {}},
         ],
-    }
-    _placement(pod_spec, placement)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _meta(names.statefulset(plan.name), namespace, lbl, owner),
-        "spec": {
-            "serviceName": names.headless(plan.name),
-            "replicas": replicas,
-            "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": selector(name, plan.name)},
-            "updateStrategy": {"type": "RollingUpdate"},
-            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": storage.reclaim_policy,
-                                                     "whenScaled": "Retain"},
-            "template": {
-                # The config hash makes a TOML change roll exactly the pods it concerns.
-                "metadata": {"labels": lbl,
-                             "annotations": {CONFIG_HASH_ANNOTATION: digest(toml)}},
-                "spec": pod_spec,
-            },
-            "volumeClaimTemplates": [_pvc_template(storage, lbl)],
-        },
     }
 
 

@@ -41,72 +41,81 @@ def notification(topic: str, key: str, operation: str, seq_num: int) -> str:
 def apply_result(r: ApplyResult) -> str:
     """What one merge did: the seed's "LWW-Register updated/ignored (stale)" lines and the
     same shape for counters."""
-    lines = [f"Processing update: {r.key}"]
     u = r.update
     if r.kind is Kind.LWW and isinstance(u, LWWUpdate):
-        if r.outcome is Outcome.UPDATED:
-            lines += [
-                f"LWW-Register updated: {r.key}",
-                f"{IND}Value: {show_value(u.value)}",
-                f"{IND}Timestamp: {u.timestamp}",
-                f"{IND}Replica: {u.replica}",
-            ]
-        elif r.outcome is Outcome.STALE:
-            cur = r.after or {}
-            lines += [
-                f"LWW-Register ignored (stale): {r.key}",
-                f"{IND}Incoming timestamp: {u.timestamp}",
-                f"{IND}Current timestamp: {cur.get('timestamp')}",
-            ]
-            if u.timestamp == cur.get("timestamp"):
-                lines += [
-                    f"{IND}Incoming replica: {u.replica}",
-                    f"{IND}Current replica: {cur.get('replica')}",
-                ]
-        else:
-            lines.append(f"LWW-Register unchanged (duplicate): {r.key}")
+        body = _lww_lines(r, u)
     elif r.kind is Kind.GCOUNTER and isinstance(u, GCounterUpdate):
-        cur = (r.after or {}).get("counts", {})
-        total = (r.after or {}).get("total")
-        if r.outcome is Outcome.UPDATED:
-            lines += [
-                f"G-Counter updated: {r.key}",
-                f"{IND}Replica: {u.replica}",
-                f"{IND}Count: {u.count}",
-                f"{IND}Total: {total}",
-            ]
-        elif r.outcome is Outcome.STALE:
-            lines += [
-                f"G-Counter ignored (stale): {r.key}",
-                f"{IND}Replica: {u.replica}",
-                f"{IND}Incoming count: {u.count}",
-                f"{IND}Current count: {cur.get(u.replica)}",
-            ]
-        else:
-            lines.append(f"G-Counter unchanged (duplicate): {r.key}")
+        body = _gcounter_lines(r, u)
     elif r.kind is Kind.PNCOUNTER and isinstance(u, PNCounterUpdate):
-        after = r.after or {}
-        if r.outcome is Outcome.UPDATED:
-            lines += [
-                f"PN-Counter updated: {r.key}",
-                f"{IND}Replica: {u.replica}",
-                f"{IND}Increments: {u.p}",
-                f"{IND}Decrements: {u.n}",
-                f"{IND}Total: {after.get('total')}",
-            ]
-        elif r.outcome is Outcome.STALE:
-            lines += [
-                f"PN-Counter ignored (stale): {r.key}",
-                f"{IND}Replica: {u.replica}",
-                f"{IND}Incoming increments/decrements: {u.p}/{u.n}",
-                f"{IND}Current increments/decrements: "
-                f"{after.get('p', {}).get(u.replica)}/{after.get('n', {}).get(u.replica)}",
-            ]
-        else:
-            lines.append(f"PN-Counter unchanged (duplicate): {r.key}")
+        body = _pncounter_lines(r, u)
     else:
-        lines.append(f"Ignored: {r.key} is not a CRDT key (lww:, counter:, pncounter:)")
-    return "\n".join(lines)
+        body = [f"Ignored: {r.key} is not a CRDT key (lww:, counter:, pncounter:)"]
+    return "\n".join([f"Processing update: {r.key}", *body])
+
+
+def _lww_lines(r: ApplyResult, u: LWWUpdate) -> list[str]:
+    if r.outcome is Outcome.UPDATED:
+        return [
+            f"LWW-Register updated: {r.key}",
+            f"{IND}Value: {show_value(u.value)}",
+            f"{IND}Timestamp: {u.timestamp}",
+            f"{IND}Replica: {u.replica}",
+        ]
+    if r.outcome is Outcome.STALE:
+        cur = r.after or {}
+        lines = [
+            f"LWW-Register ignored (stale): {r.key}",
+            f"{IND}Incoming timestamp: {u.timestamp}",
+            f"{IND}Current timestamp: {cur.get('timestamp')}",
+        ]
+        if u.timestamp == cur.get("timestamp"):
+            lines += [
+                f"{IND}Incoming replica: {u.replica}",
+                f"{IND}Current replica: {cur.get('replica')}",
+            ]
+        return lines
+    return [f"LWW-Register unchanged (duplicate): {r.key}"]
+
+
+def _gcounter_lines(r: ApplyResult, u: GCounterUpdate) -> list[str]:
+    cur = (r.after or {}).get("counts", {})
+    total = (r.after or {}).get("total")
+    if r.outcome is Outcome.UPDATED:
+        return [
+            f"G-Counter updated: {r.key}",
+            f"{IND}Replica: {u.replica}",
+            f"{IND}Count: {u.count}",
+            f"{IND}Total: {total}",
+        ]
+    if r.outcome is Outcome.STALE:
+        return [
+            f"G-Counter ignored (stale): {r.key}",
+            f"{IND}Replica: {u.replica}",
+            f"{IND}Incoming count: {u.count}",
+            f"{IND}Current count: {cur.get(u.replica)}",
+        ]
+    return [f"G-Counter unchanged (duplicate): {r.key}"]
+
+
+def _pncounter_lines(r: ApplyResult, u: PNCounterUpdate) -> list[str]:
+    after = r.after or {}
+    if r.outcome is Outcome.UPDATED:
+        return [
+            f"PN-Counter updated: {r.key}",
+            f"{IND}Replica: {u.replica}",
+            f"{IND}Increments: {u.p}",
+            f"{IND}Decrements: {u.n}",
+            f"{IND}Total: {after.get('total')}",
+        ]
+    if r.outcome is Outcome.STALE:
+        return [
+            f"PN-Counter ignored (stale): {r.key}",
+            f"{IND}Replica: {u.replica}",
+            f"{IND}Incoming increments/decrements: {u.p}/{u.n}",
+            f"{IND}Current increments/decrements: "
+            f"{after.get('p', {}).get(u.replica)}/{after.get('n', {}).get(u.replica)}",
+        ]
+    return [f"PN-Counter unchanged (duplicate): {r.key}"]
 
 
 def state_block(snapshot: dict[str, Any]) -> str:

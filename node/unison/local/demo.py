@@ -305,9 +305,8 @@ def check_topology(cluster: LocalCluster) -> str | None:
     return None
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    console = Console()
+def _prepare(args: argparse.Namespace) -> tuple[str, dict[str, Any], LocalCluster] | int:
+    """(source, manifest, cluster) to run the demo on, or the exit code of why not."""
     source = args.file
     manifest: dict[str, Any]
     try:
@@ -317,8 +316,8 @@ def main(argv: list[str]) -> int:
             source, manifest = "<built-in seed topology>", SEED_MANIFEST
         else:
             manifest = load_manifest(source)
-        plan_kw = {"client_port": args.client_port, "port_offset": args.port_offset}
-        cluster = plan_local(manifest, source, data_dir=args.data_dir, **plan_kw)
+        cluster = plan_local(manifest, source, data_dir=args.data_dir,
+                             client_port=args.client_port, port_offset=args.port_offset)
     except ManifestError as e:
         print(f"unison demo: {e}", file=sys.stderr)
         return 2
@@ -334,15 +333,11 @@ def main(argv: list[str]) -> int:
         except DataDirError as e:
             print(f"unison demo: {e}; nothing was started", file=sys.stderr)
             return 1
+    return source, manifest, cluster
+
+
+def _banner(c: Console, cluster: LocalCluster) -> None:
     assert cluster.client is not None and cluster.relayer is not None
-
-    stop = StopRequest()
-    stop.install()
-    group = ProcessGroup(console)
-    stop.group = group
-    temp_dir: Path | None = None
-
-    c = console
     c.line(c.bold("Unison demo: two datacenters, a relayer and a CRDT client (from the seed)"))
     for n in cluster.nodes:
         if n.role == "replicator":
@@ -355,16 +350,35 @@ def main(argv: list[str]) -> int:
     c.line(f"  {'client':<8} merges the changes into CRDTs: "
            f"http://localhost:{cluster.client.state_port}/state")
 
-    ok = False
-    failed = False  # keep the temporary logs only when something went wrong
-    try:
-        reuse_nodes = all(http_ok(f"{n.url}/healthz") for n in cluster.nodes)
-        reuse_client = reuse_nodes and http_ok(f"{cluster.client.url}/healthz")
+
+@dataclass
+class _Run:
+    """One demo run: the cluster it uses, what it started and what it must clean up."""
+
+    args: argparse.Namespace
+    console: Console
+    source: str
+    manifest: dict[str, Any]
+    cluster: LocalCluster
+    stop: StopRequest
+    group: ProcessGroup
+    temp_dir: Path | None = None
+    failed: bool = False  # keep the temporary logs only when something went wrong
+
+    def start(self) -> int | None:
+        """Use what already answers on the cluster's ports and start the rest; the exit
+        code if it cannot start (nothing is started then)."""
+        c, args = self.console, self.args
+        reuse_nodes = all(http_ok(f"{n.url}/healthz") for n in self.cluster.nodes)
+        assert self.cluster.client is not None
+        reuse_client = reuse_nodes and http_ok(f"{self.cluster.client.url}/healthz")
         if not reuse_client and args.data_dir is None:
-            temp_dir = Path(tempfile.mkdtemp(prefix="unison-demo-"))
-            cluster = plan_local(manifest, source, data_dir=temp_dir, **plan_kw)
+            self.temp_dir = Path(tempfile.mkdtemp(prefix="unison-demo-"))
+            self.cluster = plan_local(self.manifest, self.source, data_dir=self.temp_dir,
+                                      client_port=args.client_port, port_offset=args.port_offset)
+        cluster = self.cluster
         assert cluster.client is not None
-        where = (f"{cluster.data_dir}, removed on success" if temp_dir
+        where = (f"{cluster.data_dir}, removed on success" if self.temp_dir
                  else display_path(cluster.data_dir))
         if reuse_nodes:
             c.heading("Cluster")
@@ -373,64 +387,89 @@ def main(argv: list[str]) -> int:
             if reuse_client:
                 c.line(f"  {c.ok_mark} using the client already running on "
                        f":{cluster.client.state_port}")
-            else:
-                c.line(f"  no client answers on :{cluster.client.state_port}; starting one "
-                       f"(log: {where})")
+                return None
+            c.line(f"  no client answers on :{cluster.client.state_port}; starting one "
+                   f"(log: {where})")
         else:
             c.heading(f"Starting a local cluster (data and logs: {where})")
-        if not reuse_client:
-            phases = [[cluster.client.process_spec()]] if reuse_nodes else cluster.phases()
-            uses = cluster.client.port_uses() if reuse_nodes else cluster.port_uses()
-            problems = port_problems(uses)
-            if problems:
-                c.line(f"{c.fail_mark} cannot start the cluster; nothing was started:")
-                for p in problems:
-                    c.line(f"  - {p}")
-                c.line("  Stop whatever holds the port, or use --port-offset N.")
-                return 1
-            if not reuse_nodes:
-                cluster.write_configs()
-            start_cluster(group, phases, console, timeout=args.timeout,
-                          interrupted=stop.event.is_set)
+        phases = [[cluster.client.process_spec()]] if reuse_nodes else cluster.phases()
+        problems = port_problems(cluster.client.port_uses() if reuse_nodes
+                                 else cluster.port_uses())
+        if problems:
+            c.line(f"{c.fail_mark} cannot start the cluster; nothing was started:")
+            for p in problems:
+                c.line(f"  - {p}")
+            c.line("  Stop whatever holds the port, or use --port-offset N.")
+            return 1
+        if not reuse_nodes:
+            cluster.write_configs()
+        start_cluster(self.group, phases, c, timeout=args.timeout,
+                      interrupted=self.stop.event.is_set)
+        return None
 
-        demo = Demo(cluster, console, args.wait, stop)
-        demo.run()
-        demo.show_state()
-        ok = demo.summary()
-        failed = not ok
-    except StartFailure as failure:
-        if failure.child is None:
-            c.line("Interrupted.")
-            return 130
-        failed = True
-        report_start_failure(console, failure)
-        return 1
-    except DataDirError as e:  # writing the configs, before anything starts
-        failed = True
-        print(f"unison demo: {e}; nothing was started", file=sys.stderr)
-        return 1
-    except Interrupted:
-        c.line("Interrupted.")
-        return 130
-    finally:
-        if group.children:
+    def clean_up(self) -> None:
+        """Stop what this run started; remove the temporary directory unless it failed."""
+        c = self.console
+        if self.group.children:
             c.line()
             c.line("Stopping the local cluster ...")
-            codes = group.stop()
+            codes = self.group.stop()
             unclean = {n: code for n, code in codes.items() if not stopped_cleanly(code)}
             if unclean:
                 c.line(f"  {c.fail_mark} did not stop cleanly: " +
                        ", ".join(f"{n} ({describe_exit(code)})" for n, code in unclean.items()))
             else:
                 c.line(f"  {c.ok_mark} stopped {', '.join(codes)}")
-        if temp_dir is not None:
-            if not failed:
-                shutil.rmtree(temp_dir, ignore_errors=True)
+        if self.temp_dir is not None:
+            if not self.failed:
+                shutil.rmtree(self.temp_dir, ignore_errors=True)
             else:
-                c.line(f"Logs kept in {temp_dir}")
+                c.line(f"Logs kept in {self.temp_dir}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    console = Console()
+    prepared = _prepare(args)
+    if isinstance(prepared, int):
+        return prepared
+    source, manifest, cluster = prepared
+
+    stop = StopRequest()
+    stop.install()
+    group = ProcessGroup(console)
+    stop.group = group
+    _banner(console, cluster)
+    run = _Run(args, console, source, manifest, cluster, stop, group)
+    ok = False
+    try:
+        code = run.start()
+        if code is not None:
+            return code
+        demo = Demo(run.cluster, console, args.wait, stop)
+        demo.run()
+        demo.show_state()
+        ok = demo.summary()
+        run.failed = not ok
+    except StartFailure as failure:
+        if failure.child is None:
+            console.line("Interrupted.")
+            return 130
+        run.failed = True
+        report_start_failure(console, failure)
+        return 1
+    except DataDirError as e:  # writing the configs, before anything starts
+        run.failed = True
+        print(f"unison demo: {e}; nothing was started", file=sys.stderr)
+        return 1
+    except Interrupted:
+        console.line("Interrupted.")
+        return 130
+    finally:
+        run.clean_up()
     if ok and group.children:
-        c.line(f"To keep a cluster running: unison up {source}  "
-               "(then bash examples/curl-scenarios.sh)")
+        console.line(f"To keep a cluster running: unison up {source}  "
+                     "(then bash examples/curl-scenarios.sh)")
     return 0 if ok else 1
 
 

@@ -149,34 +149,12 @@ def main(argv: list[str]) -> int:
         group.stop()
         return 1
 
-    console.line()
-    console.line(f"Cluster {cluster.name!r} (files under {display_path(cluster.data_dir)}/):")
-    for line in endpoint_table(cluster):
-        console.line("  " + line)
-    console.line()
-    console.line(console.bold("Try:"))
-    for line in try_lines(cluster):
-        console.line("  " + line)
-    console.line()
-    console.line(f"Cluster {cluster.name!r} is up. Ctrl-C stops it." +
-                 ("" if args.no_logs else " Logs follow."))
+    _show_cluster(console, cluster, follow_logs=not args.no_logs)
     if not args.no_logs:
         group.stream_logs()
-
-    reported: set[str] = set()
-    while not stop.event.wait(0.2):
-        for child in group.exited():
-            if child.name not in reported:
-                reported.add(child.name)
-                code = child.exit_code()
-                console.line(f"{console.fail_mark} {child.name} exited unexpectedly "
-                             f"({describe_exit(code or 0)}); log: {display_path(child.spec.log_path)}"
-                             "; the rest keep running")
-        if len(reported) == len(group.children):
-            console.line("Every process has exited.")
-            group.stop()
-            return 1
-
+    reported = _watch_until_stopped(console, group, stop)
+    if reported is None:
+        return 1
     console.line("Stopping the cluster (Ctrl-C again to kill) ...")
     codes = group.stop()
     clean = True
@@ -189,6 +167,40 @@ def main(argv: list[str]) -> int:
             clean = False
             console.line(f"  {console.fail_mark} {name} stopped with {describe_exit(code)}")
     return 0 if clean and not reported else 1
+
+
+def _show_cluster(console: Console, cluster: LocalCluster, *, follow_logs: bool) -> None:
+    console.line()
+    console.line(f"Cluster {cluster.name!r} (files under {display_path(cluster.data_dir)}/):")
+    for line in endpoint_table(cluster):
+        console.line("  " + line)
+    console.line()
+    console.line(console.bold("Try:"))
+    for line in try_lines(cluster):
+        console.line("  " + line)
+    console.line()
+    console.line(f"Cluster {cluster.name!r} is up. Ctrl-C stops it." +
+                 (" Logs follow." if follow_logs else ""))
+
+
+def _watch_until_stopped(console: Console, group: ProcessGroup,
+                         stop: StopRequest) -> set[str] | None:
+    """Report children that exit on their own until a stop is asked for; the names of those
+    that exited, or None when every one has (then all is stopped already)."""
+    reported: set[str] = set()
+    while not stop.event.wait(0.2):
+        for child in group.exited():
+            if child.name not in reported:
+                reported.add(child.name)
+                code = child.exit_code()
+                console.line(f"{console.fail_mark} {child.name} exited unexpectedly "
+                             f"({describe_exit(code or 0)}); log: {display_path(child.spec.log_path)}"
+                             "; the rest keep running")
+        if len(reported) == len(group.children):
+            console.line("Every process has exited.")
+            group.stop()
+            return None
+    return reported
 
 
 if __name__ == "__main__":

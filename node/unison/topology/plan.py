@@ -139,28 +139,14 @@ def plan_cluster(
     i. With one, nodes and namespaces it lists keep their ports and new ones get the lowest
     free index or notifier port.
     """
-    plans: list[NodePlan] = []
-    dc_ports: dict[str, int] = {}
-    dc_namespaces: dict[str, list[str]] = {}
     indices = _node_indices([name for name, _ in datacenters] + [RELAYER_NAME],
                             allocation.indices if allocation else {})
-    for name, namespaces in datacenters:
-        i = indices[name]
-        http, grpc = node_ports(i)
-        dc_ports[name] = grpc
-        dc_namespaces[name] = list(namespaces)
-        cfg = NodeConfig(
-            http_port=http,
-            grpc=GrpcConfig(port=grpc, allow_insecure=True),
-            storage=StorageConfig(base_dir=base_dir(name), namespaces=list(namespaces)),
-            log=LogConfig(log_level=log_level),
-            source=f"<{name}>",
-        )
-        plans.append(NodePlan(name=name, role="replicator", index=i, config=cfg))
-
+    plans = [_datacenter(name, list(namespaces), indices[name], base_dir, log_level)
+             for name, namespaces in datacenters]
+    by_name = {p.name: p for p in plans}
     index = indices[RELAYER_NAME]
     http, grpc = node_ports(index)
-    relayed = [ns for dc in follow for ns in dc_namespaces[dc]]
+    relayed = [ns for dc in follow for ns in by_name[dc].config.storage.namespaces]
     notifier_ports = _notifier_ports(relayed, notifier_base_port, allocation, {http, grpc})
     cfg = NodeConfig(
         http_port=http,
@@ -169,8 +155,8 @@ def plan_cluster(
         upstreams=[
             UpstreamConfig(
                 name=dc,
-                namespaces=dc_namespaces[dc],
-                upstream_address=upstream_address(dc, dc_ports[dc]),
+                namespaces=list(by_name[dc].config.storage.namespaces),
+                upstream_address=upstream_address(dc, by_name[dc].grpc_port),
                 allow_insecure=True,
             )
             for dc in follow
@@ -183,3 +169,17 @@ def plan_cluster(
     )
     plans.append(NodePlan(name=RELAYER_NAME, role="relayer", index=index, config=cfg))
     return plans
+
+
+def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable[[str], str],
+                log_level: str) -> NodePlan:
+    """A datacenter's primary: writable, plaintext gRPC (asked for: no certificates)."""
+    http, grpc = node_ports(index)
+    cfg = NodeConfig(
+        http_port=http,
+        grpc=GrpcConfig(port=grpc, allow_insecure=True),
+        storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces),
+        log=LogConfig(log_level=log_level),
+        source=f"<{name}>",
+    )
+    return NodePlan(name=name, role="replicator", index=index, config=cfg)
