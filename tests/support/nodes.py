@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unison.config import NodeConfig, plan_cluster, render_toml
+from unison.config import NodeConfig, render_toml
+from unison.topology.plan import plan_cluster
 
 HOST = "127.0.0.1"
 
