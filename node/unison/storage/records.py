@@ -35,7 +35,7 @@ class Record:
     key: bytes
     value: bytes = b""
     ts_ms: int = 0  # commit time at the origin, kept across replication hops
-    crc32: int = 0  # 0 means "compute it": see with_crc()
+    crc32: int = 0  # stored CRC; a record built in memory has 0 until with_crc() sets it
 
     def checksum(self) -> int:
         return _crc(_BODY_HEADER.pack(self.op, self.ts_ms, len(self.key)), self.key, self.value)
