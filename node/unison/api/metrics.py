@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from unison import __version__
+from unison.context import NodeContext
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -147,7 +148,7 @@ def _status_families(fields: tuple[tuple[str, str, str, str], ...], labels: list
 class NodeCollector:
     """Reads a running node's state at scrape time (a prometheus_client collector)."""
 
-    def __init__(self, ctx: Any, requests: RequestCounter,
+    def __init__(self, ctx: NodeContext, requests: RequestCounter,
                  watch: Callable[[], dict[str, int]] | None = None) -> None:
         self.ctx, self.requests, self.watch = ctx, requests, watch
 
@@ -208,7 +209,7 @@ class NodeCollector:
         yield hist
 
 
-def node_registry(ctx: Any, requests: RequestCounter,
+def node_registry(ctx: NodeContext, requests: RequestCounter,
                   watch: Callable[[], dict[str, int]] | None = None) -> CollectorRegistry:
     """A registry of its own per node (tests run several nodes in one process)."""
     registry = CollectorRegistry(auto_describe=False)

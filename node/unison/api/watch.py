@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from unison.context import NodeContext
 from unison.notify.message import encode_notification
 from unison.storage import (
     CorruptRecord,
@@ -46,7 +47,7 @@ _HEARTBEAT = web.AppKey("unison_watch_heartbeat", float)  # or None: no heartbea
 _STATS = web.AppKey("unison_watch_stats", dict)
 
 
-def add_watch_routes(app: web.Application, ctx: Any, *,
+def add_watch_routes(app: web.Application, ctx: NodeContext, *,
                      heartbeat: float | None = HEARTBEAT_SECONDS,
                      wrap: Callable[[Handler], Handler] = lambda handler: handler) -> None:
     """Register the watch route on the node's HTTP app (ctx: a `unison.node.NodeContext`);
@@ -101,7 +102,7 @@ def _start_lsn(request: web.Request, store: NamespaceStore) -> int | web.Respons
     return _parse_lsn(raw, "from_lsn")
 
 
-async def _watch(request: web.Request, ctx: Any) -> web.StreamResponse:
+async def _watch(request: web.Request, ctx: NodeContext) -> web.StreamResponse:
     ns = request.match_info["namespace"]
     store: NamespaceStore | None = ctx.stores.get(ns)
     if store is None:
