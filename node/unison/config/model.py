@@ -10,6 +10,11 @@ import re
 from dataclasses import dataclass, field
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+# Keys: UnisonDB-like bound (its keys are indexed in memory; Badger, which it grew from,
+# caps keys at 65,000 bytes). 4 KiB is generous for the seed's "lww:user-status" keys.
+DEFAULT_MAX_KEY_BYTES = 4 * 1024
+# HTTP binds loopback unless told otherwise; nodes on Kubernetes render 0.0.0.0.
+DEFAULT_HTTP_LISTEN_IP = "127.0.0.1"
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
@@ -22,6 +27,13 @@ class GrpcConfig:
     cert_path: str = ""
     key_path: str = ""
     ca_path: str = ""
+    # Bounds (ours): HTTP/2 streams per connection, open Stream calls in all and per peer
+    # address, and keepalive pings that find dead peers (seconds).
+    max_concurrent_streams: int = 64
+    max_streams: int = 256
+    max_streams_per_peer: int = 16
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
 
 
 @dataclass
@@ -41,6 +53,10 @@ class StorageConfig:
     bytes_per_sync: int = 1024 * 1024
     segment_size: int = 16 * 1024 * 1024
     arena_size: int = 4 * 1024 * 1024
+    # Bounds (ours): writes queued for the next group commit (503 beyond), and how long a
+    # write may wait for its WAL sync before it is answered 503 (and /readyz says why).
+    max_pending_writes: int = 10000
+    sync_timeout: float = 10.0
     wal_cleanup: WalCleanupConfig = field(default_factory=WalCleanupConfig)
 
 
@@ -52,8 +68,21 @@ class WriteNotifyConfig:
 
 @dataclass
 class HttpConfig:
-    listen_ip: str = "0.0.0.0"
+    listen_ip: str = DEFAULT_HTTP_LISTEN_IP
     max_body_size: int = DEFAULT_MAX_BODY_BYTES
+    max_key_size: int = DEFAULT_MAX_KEY_BYTES
+    # Seconds, as Go's http.Server names them: the request line and headers must arrive
+    # within read_header_timeout, a body within read_timeout; an idle keep-alive
+    # connection is closed after idle_timeout.
+    read_header_timeout: float = 10.0
+    read_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    max_connections: int = 1024  # beyond: 503 and close, never an accept() spin
+    max_watch_streams: int = 256  # open /watch streams; beyond: 503
+    # Bearer tokens for the API (off when empty): files holding the token for reads and
+    # for writes (a write token also reads). /healthz and /readyz stay open.
+    read_token_file: str = ""
+    write_token_file: str = ""
 
 
 @dataclass
@@ -78,6 +107,9 @@ class NotifierConfig:
     bind_port: int
     high_water_mark: int = 1000
     linger_time: int = 1000  # milliseconds
+    # ZMQ_MAXMSGSIZE: the largest message a peer may send (subscriptions are a
+    # subscriber's only messages); a peer over it is disconnected.
+    max_msg_size: int = 64 * 1024
 
 
 @dataclass

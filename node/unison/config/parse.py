@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from unison.config.model import (
+    DEFAULT_HTTP_LISTEN_IP,
     DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_KEY_BYTES,
     NAMESPACE_RE,
     GrpcConfig,
     HttpConfig,
@@ -169,6 +171,11 @@ def _grpc(g: _Section) -> GrpcConfig:
         cert_path=g.str("cert_path"),
         key_path=g.str("key_path"),
         ca_path=g.str("ca_path"),
+        max_concurrent_streams=g.int("max_concurrent_streams", 64, lo=1),
+        max_streams=g.int("max_streams", 256, lo=1),
+        max_streams_per_peer=g.int("max_streams_per_peer", 16, lo=1),
+        keepalive_time=g.duration("keepalive_time", 30.0),
+        keepalive_timeout=g.duration("keepalive_timeout", 10.0),
     )
     # Port 0 starts no replication server, so there is nothing to secure.
     if grpc.port and not grpc.allow_insecure:
@@ -181,9 +188,20 @@ def _grpc(g: _Section) -> GrpcConfig:
 
 def _http(h: _Section) -> HttpConfig:
     http = HttpConfig(
-        listen_ip=h.str("listen_ip", "0.0.0.0") or "0.0.0.0",
+        listen_ip=h.str("listen_ip", DEFAULT_HTTP_LISTEN_IP) or DEFAULT_HTTP_LISTEN_IP,
         max_body_size=h.size("max_body_size", DEFAULT_MAX_BODY_BYTES),
+        max_key_size=h.size("max_key_size", DEFAULT_MAX_KEY_BYTES),
+        read_header_timeout=h.duration("read_header_timeout", 10.0),
+        read_timeout=h.duration("read_timeout", 30.0),
+        idle_timeout=h.duration("idle_timeout", 60.0),
+        max_connections=h.int("max_connections", 1024, lo=1),
+        max_watch_streams=h.int("max_watch_streams", 256),
+        read_token_file=h.str("read_token_file"),
+        write_token_file=h.str("write_token_file"),
     )
+    for k in ("max_key_size", "read_header_timeout", "read_timeout", "idle_timeout"):
+        if not getattr(http, k):
+            raise ConfigError(f"http_config.{k}: must be greater than 0")
     h.warn_unknown()
     return http
 
@@ -196,6 +214,8 @@ def _storage(s: _Section) -> StorageConfig:
         bytes_per_sync=s.size("bytes_per_sync", 1024 * 1024),
         segment_size=s.size("segment_size", 16 * 1024 * 1024),
         arena_size=s.size("arena_size", 4 * 1024 * 1024),
+        max_pending_writes=s.int("max_pending_writes", 10000, lo=1),
+        sync_timeout=s.duration("sync_timeout", 10.0),
         wal_cleanup=WalCleanupConfig(
             enabled=w.bool("enabled", False),
             interval=w.duration("interval", 300.0),
@@ -282,6 +302,7 @@ def _notifiers(z: _Section, served: set[str]) -> list[NotifierConfig]:
             bind_port=e.port("bind_port", required=True),
             high_water_mark=e.int("high_water_mark", 1000),
             linger_time=e.int("linger_time", 1000),
+            max_msg_size=e.size("max_msg_size", 64 * 1024),
         )
         if ns not in served:
             raise ConfigError(f"notifier_config.{ns}: namespace is not in storage_config.namespaces")

@@ -41,9 +41,24 @@ def render_toml(cfg: NodeConfig) -> str:
     for k in ("cert_path", "key_path", "ca_path"):
         if getattr(cfg.grpc, k):
             grpc[k] = getattr(cfg.grpc, k)
+    g = cfg.grpc
+    grpc.update(max_concurrent_streams=g.max_concurrent_streams, max_streams=g.max_streams,
+                max_streams_per_peer=g.max_streams_per_peer,
+                keepalive_time=format_duration(g.keepalive_time),
+                keepalive_timeout=format_duration(g.keepalive_timeout))
     _table(lines, "grpc_config", grpc)
-    _table(lines, "http_config", {"listen_ip": cfg.http.listen_ip,
-                                  "max_body_size": format_size(cfg.http.max_body_size)})
+    h = cfg.http
+    http: dict[str, Any] = {
+        "listen_ip": h.listen_ip, "max_body_size": format_size(h.max_body_size),
+        "max_key_size": format_size(h.max_key_size),
+        "read_header_timeout": format_duration(h.read_header_timeout),
+        "read_timeout": format_duration(h.read_timeout),
+        "idle_timeout": format_duration(h.idle_timeout),
+        "max_connections": h.max_connections, "max_watch_streams": h.max_watch_streams}
+    for k in ("read_token_file", "write_token_file"):
+        if getattr(h, k):
+            http[k] = getattr(h, k)
+    _table(lines, "http_config", http)
     st = cfg.storage
     _table(lines, "storage_config", {
         "base_dir": st.base_dir,
@@ -51,6 +66,8 @@ def render_toml(cfg: NodeConfig) -> str:
         "bytes_per_sync": format_size(st.bytes_per_sync),
         "segment_size": format_size(st.segment_size),
         "arena_size": format_size(st.arena_size),
+        "max_pending_writes": st.max_pending_writes,
+        "sync_timeout": format_duration(st.sync_timeout),
     })
     wc = st.wal_cleanup
     _table(lines, "storage_config.wal_cleanup_config", {
@@ -79,6 +96,7 @@ def render_toml(cfg: NodeConfig) -> str:
             "bind_port": nc.bind_port,
             "high_water_mark": nc.high_water_mark,
             "linger_time": nc.linger_time,
+            "max_msg_size": format_size(nc.max_msg_size),
         })
     _table(lines, "log_config", {"log_level": cfg.log.log_level})
     return "\n".join(lines) + "\n"

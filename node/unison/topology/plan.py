@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from unison.config.model import (
     GrpcConfig,
+    HttpConfig,
     LogConfig,
     NodeConfig,
     NotifierConfig,
@@ -25,6 +26,9 @@ HTTP_BASE_PORT = 8000
 GRPC_BASE_PORT = 4000
 NOTIFIER_BASE_PORT = 5555
 RELAYER_NAME = "relayer"
+# Planned nodes listen on every interface (a pod must be reachable through its Service);
+# local mode narrows HTTP and gRPC to loopback.
+ALL_INTERFACES = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,7 @@ def plan_cluster(
     cfg = NodeConfig(
         http_port=http,
         grpc=GrpcConfig(port=grpc, allow_insecure=True),
+        http=HttpConfig(listen_ip=ALL_INTERFACES),
         storage=StorageConfig(base_dir=base_dir(RELAYER_NAME), namespaces=relayed),
         upstreams=[
             UpstreamConfig(
@@ -178,6 +183,7 @@ def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable
     cfg = NodeConfig(
         http_port=http,
         grpc=GrpcConfig(port=grpc, allow_insecure=True),
+        http=HttpConfig(listen_ip=ALL_INTERFACES),
         storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces),
         log=LogConfig(log_level=log_level),
         source=f"<{name}>",
