@@ -71,7 +71,8 @@ class Node:
             from unison.notify.publisher import Notifier
 
             for nc in cfg.notifiers:
-                notifier = Notifier(self.stores[nc.namespace], nc, cfg.write_notify)
+                notifier = Notifier(self.stores[nc.namespace], nc, cfg.write_notify,
+                                    bind_ip=cfg.http.listen_ip)
                 await notifier.start()  # raises StartupError naming port and namespace
                 self._notifiers[nc.namespace] = notifier
                 self.ctx.notifiers[nc.namespace] = notifier

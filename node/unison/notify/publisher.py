@@ -14,6 +14,14 @@ subscriber still gets everything. (XPUB_NODROP would refuse the send for all of 
 The commit path never waits on a subscriber: every call on the socket is non-blocking.
 Subscribers detect their own losses by a gap in `seq_num` (the CRDT client rescans on a
 gap); `dropped` counts only sends the socket itself refused or failed.
+
+Bounded against hostile peers: the socket is an XPUB in manual mode, so a subscription
+is applied only when it can match this notifier's one topic (a prefix of
+`<namespace>.kv`); any other (a 16 MB one, or 50,000 distinct ones) is read, counted in
+`refused_subscriptions` and forgotten, so libzmq's subscription trie never grows beyond
+the topic's length. `max_msg_size` (ZMQ_MAXMSGSIZE) disconnects a peer that sends a
+larger message before it is buffered. The socket binds the node's HTTP `listen_ip`
+(`tcp://*` only when that is 0.0.0.0).
 """
 
 from __future__ import annotations
@@ -39,10 +47,13 @@ _MORE_NOWAIT = int(zmq.DONTWAIT | zmq.SNDMORE)
 
 
 class Notifier:
-    """One ZeroMQ publisher bound on `tcp://*:<bind_port>` for one namespace."""
+    """One ZeroMQ publisher bound on `tcp://<bind_ip>:<bind_port>` for one namespace."""
 
     def __init__(self, store: NamespaceStore, config: NotifierConfig,
-                 write_notify: WriteNotifyConfig | None = None) -> None:
+                 write_notify: WriteNotifyConfig | None = None, bind_ip: str = "*") -> None:
+        self.bind_ip = "*" if bind_ip in ("", "*", "0.0.0.0") else bind_ip
+        self.refused_subscriptions = 0
+        self._fd: int | None = None
         self.store = store
         self.config = config
         self.write_notify = write_notify or WriteNotifyConfig()
@@ -60,13 +71,15 @@ class Notifier:
 
     @property
     def endpoint(self) -> str:
-        return f"tcp://*:{self.config.bind_port}"
+        return f"tcp://{self.bind_ip}:{self.config.bind_port}"
 
     async def start(self) -> None:
         ctx = zmq.Context()
-        sock = ctx.socket(zmq.PUB)
+        sock = ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, self.config.high_water_mark)
         sock.setsockopt(zmq.LINGER, self.config.linger_time)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_msg_size or -1)
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)  # subscriptions are applied by _subscriptions
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as e:
@@ -79,6 +92,9 @@ class Notifier:
             ) from e
         self._ctx, self._sock = ctx, sock
         self._loop = asyncio.get_running_loop()
+        self._fd = sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._subscriptions)
+        self._subscriptions()  # ZMQ_FD is edge-triggered: drain what is there already
         if self.write_notify.enabled:
             self._cursor = self.store.cursor(self.store.last_lsn + 1, NOTIFIER)
             self._cursor.on_commit(self._on_commit)
@@ -96,6 +112,9 @@ class Notifier:
             self._cursor = None
         if self._sock is None:
             return
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
         self._flush()
         self._sock.close(linger=self.config.linger_time)
         self._sock = None
@@ -113,6 +132,24 @@ class Notifier:
             "pending": len(self._pending),
             "last_seq_num": self.last_seq_num,
         }
+
+    def _subscriptions(self) -> None:
+        """Apply the subscriptions that can match our topic; read and forget the others."""
+        sock = self._sock
+        while sock is not None:
+            try:
+                msg = sock.recv(_NOWAIT)
+            except zmq.ZMQError:  # EAGAIN: nothing more (or the socket is closing)
+                return
+            kind, prefix = msg[:1], msg[1:]
+            if kind in (b"\x01", b"\x00") and self._topic.startswith(prefix):
+                sock.setsockopt(zmq.SUBSCRIBE if kind == b"\x01" else zmq.UNSUBSCRIBE, prefix)
+                continue
+            self.refused_subscriptions += 1
+            if self.refused_subscriptions == 1 or self.refused_subscriptions % 10000 == 0:
+                log.warning("namespace %s: ignored a subscription that cannot match topic %s "
+                            "(%d bytes; %d ignored so far)", self.namespace,
+                            self._topic.decode(), len(prefix), self.refused_subscriptions)
 
     # ------------------------------------------------------------ commit path
 
@@ -170,6 +207,9 @@ class Notifier:
             else:
                 self.sent += 1
             self.last_seq_num = r.lsn
+        # A send may consume the edge of ZMQ_FD: pick up subscriptions that came meanwhile.
+        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self._subscriptions()
 
     def _count_drop(self, error: zmq.ZMQError) -> None:
         self.dropped += 1
