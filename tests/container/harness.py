@@ -77,9 +77,10 @@ def free_ports(n: int) -> list[int]:
 
 
 def request(port: int, method: str, path: str, body: Any = None, *,
-         timeout: float = 10.0) -> tuple[int, Any]:
-    """One request to 127.0.0.1:port; (status, parsed JSON or text). Status 0: no answer."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+         timeout: float = 10.0, host: str = HOST) -> tuple[int, Any]:
+    """One request to host:port (127.0.0.1 unless told); (status, parsed JSON or text).
+    Status 0: no answer."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}

@@ -6,7 +6,6 @@ a rollout is still going on.
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tests.container.harness import request
 from tests.kube.cluster import REPO_ROOT, Cluster
 
 CHART = REPO_ROOT / "charts" / "unison-operator"
@@ -220,27 +220,17 @@ def status_watched(cluster: Cluster, name: str, namespace: str = "default"
 
 
 def http_call(cluster: Cluster, host: str, port: int, method: str, path: str, body: Any = None,
-         timeout: float = 5.0) -> tuple[int, Any]:
+              timeout: float = 5.0) -> tuple[int, Any]:
     """One HTTP request from inside the cluster's network; status 0 when nothing answered."""
+    return cluster.call(request, port, method, path, body, timeout=timeout, host=host)
 
-    def call() -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            conn.request(method, path, body=data,
-                         headers={"Content-Type": "application/json"} if data else {})
-            resp = conn.getresponse()
-            text = resp.read().decode("utf-8", "replace")
-        except OSError:
-            return 0, None
-        finally:
-            conn.close()
-        try:
-            return resp.status, json.loads(text)
-        except ValueError:
-            return resp.status, text
 
-    return cluster.call(call)
+def ready_cluster(cluster: Cluster, namespace: str, name: str, **spec_changes: Any) -> Cluster:
+    """A namespace of its own with the example UnisonCluster in it, Ready."""
+    cluster.kubectl("create", "namespace", namespace)
+    apply(cluster, example(name, **spec_changes), namespace)
+    wait_ready(cluster, name, namespace)
+    return cluster
 
 
 def service_ip(cluster: Cluster, service: str, namespace: str = "default") -> str:

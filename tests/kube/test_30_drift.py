@@ -14,11 +14,10 @@ import pytest
 from tests.kube.cluster import Cluster
 from tests.kube.e2e import (
     Operator,
-    apply,
     audit_events,
     children,
-    example,
     get_uc,
+    ready_cluster,
     status_watched,
     wait_ready,
     wait_until,
@@ -33,10 +32,7 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
 @pytest.fixture(scope="module")
 def drifty(cluster: Cluster, operator: Operator) -> Cluster:
-    cluster.kubectl("create", "namespace", NS)
-    apply(cluster, example(NAME, client={"enabled": False}), NS)
-    wait_ready(cluster, NAME, NS)
-    return cluster
+    return ready_cluster(cluster, NS, NAME, client={"enabled": False})
 
 
 def _get(cluster: Cluster, kind: str, name: str) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from tests.kube.e2e import (
     children,
     example,
     http_call,
+    ready_cluster,
     service_ip,
     status_watched,
     wait_ready,
@@ -33,10 +34,7 @@ DC1_NS = "ad-campaign-dc1"
 
 @pytest.fixture(scope="module")
 def faulty(cluster: Cluster, operator: Operator) -> Cluster:
-    cluster.kubectl("create", "namespace", NS)
-    apply(cluster, example(NAME, client={"enabled": False}), NS)
-    wait_ready(cluster, NAME, NS)
-    return cluster
+    return ready_cluster(cluster, NS, NAME, client={"enabled": False})
 
 
 def test_datacenter_pod_deleted_mid_write(faulty: Cluster) -> None:
