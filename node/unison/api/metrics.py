@@ -116,6 +116,9 @@ _FOLLOWER_FIELDS = (
      "Snapshots installed from the upstream."),
     ("refused_batches", "counter", "unison_follower_refused_batches",
      "Batches refused (gap, checksum or order)."),
+    ("history_mismatch", "gauge", "unison_follower_history_mismatch",
+     "1 while the upstream's history differs from this namespace's: nothing is applied "
+     "(unison_follower_history_mismatch_info names both histories)."),
 )
 
 _NOTIFIER_FIELDS = (
@@ -143,6 +146,21 @@ def _status_families(fields: tuple[tuple[str, str, str, str], ...], labels: list
                 family.add_metric(values, number)
         if family.samples:
             yield family
+
+
+def _history_mismatches(followers: list[tuple[list[str], dict[str, Any]]]) -> Iterator[Metric]:
+    """One sample per follower whose upstream has another history, naming both."""
+    family = GaugeMetricFamily(
+        "unison_follower_history_mismatch_info",
+        "A follower stopped because its upstream's history (id/epoch) is not this "
+        "namespace's; labels name both.",
+        labels=["namespace", "upstream", "local_history", "upstream_history"])
+    for values, status in followers:
+        if status.get("history_mismatch"):
+            family.add_metric([*values, str(status.get("history", "")),
+                               str(status.get("upstream_history", ""))], 1)
+    if family.samples:
+        yield family
 
 
 class NodeCollector:
@@ -173,6 +191,7 @@ class NodeCollector:
         followers = [([ns, str(s.get("upstream", ""))], s)
                      for ns, s in ((ns, f.status()) for ns, f in ctx.followers.items())]
         yield from _status_families(_FOLLOWER_FIELDS, ["namespace", "upstream"], followers)
+        yield from _history_mismatches(followers)
         notifiers = [([ns], n.metrics()) for ns, n in ctx.notifiers.items()]
         yield from _status_families(_NOTIFIER_FIELDS, ["namespace"], notifiers)
 

@@ -23,8 +23,9 @@ from unison.config import UpstreamConfig
 from unison.replication import replication_pb2 as pb
 from unison.replication import replication_pb2_grpc as pb_grpc
 from unison.replication.tls import TLSConfigError, channel_credentials
-from unison.replication.wire import CHANNEL_OPTIONS, from_pb
+from unison.replication.wire import CHANNEL_OPTIONS, chunk_crc, from_pb, history_from_pb
 from unison.storage import CorruptRecord, NamespaceStore, OutOfOrder, StoreClosed
+from unison.storage.history import History
 from unison.storage.records import Record, now_ms
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,19 @@ REPEAT_LOG_INTERVAL_S = 30.0
 
 class _Refused(Exception):
     """The upstream sent something this follower must not apply; retry the stream."""
+
+
+class _Diverged(_Refused):
+    """The upstream's history is not the one this namespace holds: apply nothing from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Divergence:
+    """Why a follower stopped following: its history and the upstream's differ."""
+
+    local: str
+    upstream: str
+    detail: str
 
 
 @dataclass(slots=True)
@@ -95,6 +109,9 @@ class Follower:
         self.snapshots_installed = 0
         self.refused_batches = 0
         self.last_error = ""
+        # Set while the upstream's history differs from this namespace's (nothing applied).
+        self.divergence: Divergence | None = None
+        self.upstream_history: History | None = None
         self._snapshot_open = False
         self._progressed = False
         self._started = time.monotonic()
@@ -165,6 +182,11 @@ class Follower:
         """
         up = self.upstream
         where = f"upstream {up.name} ({up.upstream_address})"
+        if self.divergence is not None:
+            d = self.divergence
+            return (f"history mismatch with {where}: this node holds history {d.local}, the "
+                    f"upstream has {d.upstream} ({d.detail}); following stopped, nothing "
+                    "applied (see README: a diverged history)")
         lost = self.disconnected_seconds
         if lost is not None and (lost > self.disconnect_grace_s or self.upstream_lsn is None):
             since = ("never reached since start" if self.upstream_lsn is None
@@ -204,6 +226,10 @@ class Follower:
             "snapshots_installed": self.snapshots_installed,
             "refused_batches": self.refused_batches,
             "last_error": self.last_error,
+            "history": str(self.store.history),
+            "upstream_history": None if self.upstream_history is None
+            else str(self.upstream_history),
+            "history_mismatch": self.divergence is not None,
         }
 
     # ------------------------------------------------------------ the loop
@@ -333,8 +359,11 @@ class Follower:
                 self.last_contact = time.monotonic()
                 kind = msg.WhichOneof("body")
                 if kind == "heartbeat":
-                    self.upstream_lsn = msg.heartbeat.upstream_lsn
-                    self.last_sent_ms = msg.heartbeat.sent_ms
+                    hb = msg.heartbeat
+                    if hb.HasField("history"):
+                        await self._check_history(hb, from_lsn)
+                    self.upstream_lsn = hb.upstream_lsn
+                    self.last_sent_ms = hb.sent_ms
                     continue
                 if kind == "batch":
                     b = msg.batch
@@ -362,6 +391,44 @@ class Follower:
             await queue.put(_End(_Refused(why)))
         except Exception as e:  # handed to the applier, which raises it in order
             await queue.put(_End(e))
+
+    async def _check_history(self, hb: pb.Heartbeat, from_lsn: int) -> None:
+        """Before anything is applied: the upstream's history must be this namespace's (or
+        this namespace holds nothing yet, and takes it). Raises _Diverged otherwise."""
+        upstream = history_from_pb(hb.history)
+        if upstream is None:
+            return  # an upstream from before history identities: nothing to compare
+        self.upstream_history = upstream
+        store = self.store
+        local, held = store.history, store.last_lsn
+        if local != upstream:
+            if not (held == 0 or store.history_unverified or upstream.continues(local, held)):
+                detail = (f"this node holds lsn {held}, the upstream is at lsn "
+                          f"{hb.upstream_lsn}")
+                raise self._diverged(local, upstream, detail)
+            await store.adopt_history(upstream)
+        own = store.record_crc(from_lsn - 1) if hb.prev_lsn == from_lsn - 1 else None
+        if own is not None and own != hb.prev_crc32:
+            detail = (f"same id, but the record at lsn {hb.prev_lsn} differs (crc "
+                      f"{own:#010x} here, {hb.prev_crc32:#010x} upstream): the upstream was "
+                      "restored from an older copy and wrote past it")
+            raise self._diverged(store.history, upstream, detail)
+        if self.divergence is not None:
+            log.warning("replication: namespace %s: upstream %s has this node's history "
+                        "again (%s); following resumes", self.namespace,
+                        self.upstream.upstream_address, upstream)
+            self.divergence = None
+
+    def _diverged(self, local: History, upstream: History, detail: str) -> _Diverged:
+        first = self.divergence is None
+        self.divergence = Divergence(str(local), str(upstream), detail)
+        if first:
+            log.error("replication: namespace %s: history mismatch with %s: this node holds "
+                      "%s, the upstream has %s (%s). Following stopped; nothing from this "
+                      "upstream is applied. Way out (README, 'A diverged history'): resync "
+                      "this node's namespace from scratch, or restore the upstream from it.",
+                      self.namespace, self.upstream.upstream_address, local, upstream, detail)
+        return _Diverged(f"history mismatch: local {local}, upstream {upstream} ({detail})")
 
     async def _apply_loop(self, queue: asyncio.Queue[_Item]) -> None:
         held: _Item | None = None
@@ -392,6 +459,7 @@ class Follower:
         kind = msg.WhichOneof("body")
         if kind == "snapshot_begin":
             lsn = msg.snapshot_begin.lsn
+            await self._snapshot_history(msg.snapshot_begin)
             log.warning("replication: namespace %s is behind the retained log of %s; "
                         "installing a snapshot at lsn %d (replaces local data)",
                         self.namespace, self.upstream.upstream_address, lsn)
@@ -402,8 +470,13 @@ class Follower:
         if kind == "snapshot_chunk":
             if not self._snapshot_open:
                 raise _Refused("snapshot chunk without a snapshot begin")
-            await self.store.load_snapshot_items([(kv.key, kv.value)
-                                                  for kv in msg.snapshot_chunk.items])
+            chunk = msg.snapshot_chunk
+            items = [(kv.key, kv.value) for kv in chunk.items]
+            if chunk.HasField("crc32") and chunk_crc(items) != chunk.crc32:
+                raise _Refused(f"snapshot chunk of {len(items)} keys failed its CRC32 check "
+                               f"(sent {chunk.crc32:#010x}, computed {chunk_crc(items):#010x}); "
+                               "install aborted, the old state is kept")
+            await self.store.load_snapshot_items(items)
             return False
         if kind == "snapshot_end":
             if not self._snapshot_open:
@@ -416,6 +489,18 @@ class Follower:
                      msg.snapshot_end.lsn, msg.snapshot_end.keys)
             return True
         raise _Refused(f"unexpected message {kind!r} from the upstream")
+
+    async def _snapshot_history(self, begin: pb.SnapshotBegin) -> None:
+        """A snapshot replaces the data, not the history: it must be this namespace's (the
+        stream's first message was checked already; this catches a change in between)."""
+        upstream = history_from_pb(begin.history)
+        if upstream is None or upstream == self.store.history:
+            return
+        if self.store.last_lsn == 0 or self.store.history_unverified:
+            await self.store.adopt_history(upstream)
+            return
+        raise self._diverged(self.store.history, upstream,
+                             f"snapshot at lsn {begin.lsn} is of another history")
 
     def _refuse(self, first: int, last: int, error: Exception) -> _Refused:
         self.refused_batches += 1

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$unison/replication/replication.proto\x12\tunison.v1\"t\n\tLogRecord\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12 \n\x02op\x18\x02 \x01(\x0e\x32\x14.unison.v1.Operation\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\r\n\x05ts_ms\x18\x05 \x01(\x03\x12\r\n\x05\x63rc32\x18\x06 \x01(\r\"F\n\rStreamRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_lsn\x18\x02 \x01(\x04\x12\x10\n\x08\x66ollower\x18\x03 \x01(\t\"[\n\x0bRecordBatch\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.unison.v1.LogRecord\x12\x14\n\x0cupstream_lsn\x18\x02 \x01(\x04\x12\x0f\n\x07sent_ms\x18\x03 \x01(\x03\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x1c\n\rSnapshotBegin\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\"3\n\rSnapshotChunk\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.unison.v1.KeyValue\"(\n\x0bSnapshotEnd\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\"2\n\tHeartbeat\x12\x14\n\x0cupstream_lsn\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ms\x18\x02 \x01(\x03\"\x84\x02\n\x0eStreamResponse\x12\'\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.unison.v1.RecordBatchH\x00\x12\x32\n\x0esnapshot_begin\x18\x02 \x01(\x0b\x32\x18.unison.v1.SnapshotBeginH\x00\x12\x32\n\x0esnapshot_chunk\x18\x03 \x01(\x0b\x32\x18.unison.v1.SnapshotChunkH\x00\x12.\n\x0csnapshot_end\x18\x04 \x01(\x0b\x32\x16.unison.v1.SnapshotEndH\x00\x12)\n\theartbeat\x18\x05 \x01(\x0b\x32\x14.unison.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"%\n\x10LatestLSNRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"<\n\x11LatestLSNResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x1a\n\x12\x66irst_retained_lsn\x18\x02 \x01(\x04*4\n\tOperation\x12\x11\n\rOPERATION_PUT\x10\x00\x12\x14\n\x10OPERATION_DELETE\x10\x01\x32\x96\x01\n\x0bReplication\x12?\n\x06Stream\x12\x18.unison.v1.StreamRequest\x1a\x19.unison.v1.StreamResponse0\x01\x12\x46\n\tLatestLSN\x12\x1b.unison.v1.LatestLSNRequest\x1a\x1c.unison.v1.LatestLSNResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$unison/replication/replication.proto\x12\tunison.v1\"t\n\tLogRecord\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12 \n\x02op\x18\x02 \x01(\x0e\x32\x14.unison.v1.Operation\x12\x0b\n\x03key\x18\x03 \x01(\x0c\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\r\n\x05ts_ms\x18\x05 \x01(\x03\x12\r\n\x05\x63rc32\x18\x06 \x01(\r\"F\n\rStreamRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_lsn\x18\x02 \x01(\x04\x12\x10\n\x08\x66ollower\x18\x03 \x01(\t\"[\n\x0bRecordBatch\x12%\n\x07records\x18\x01 \x03(\x0b\x32\x14.unison.v1.LogRecord\x12\x14\n\x0cupstream_lsn\x18\x02 \x01(\x04\x12\x0f\n\x07sent_ms\x18\x03 \x01(\x03\"&\n\x08KeyValue\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\"B\n\x0fHistoryIdentity\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x14\n\x0c\x65poch_starts\x18\x03 \x03(\x04\"I\n\rSnapshotBegin\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12+\n\x07history\x18\x02 \x01(\x0b\x32\x1a.unison.v1.HistoryIdentity\"Q\n\rSnapshotChunk\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.unison.v1.KeyValue\x12\x12\n\x05\x63rc32\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x08\n\x06_crc32\"(\n\x0bSnapshotEnd\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x0c\n\x04keys\x18\x02 \x01(\x04\"\x85\x01\n\tHeartbeat\x12\x14\n\x0cupstream_lsn\x18\x01 \x01(\x04\x12\x0f\n\x07sent_ms\x18\x02 \x01(\x03\x12+\n\x07history\x18\x03 \x01(\x0b\x32\x1a.unison.v1.HistoryIdentity\x12\x10\n\x08prev_lsn\x18\x04 \x01(\x04\x12\x12\n\nprev_crc32\x18\x05 \x01(\r\"\x84\x02\n\x0eStreamResponse\x12\'\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x16.unison.v1.RecordBatchH\x00\x12\x32\n\x0esnapshot_begin\x18\x02 \x01(\x0b\x32\x18.unison.v1.SnapshotBeginH\x00\x12\x32\n\x0esnapshot_chunk\x18\x03 \x01(\x0b\x32\x18.unison.v1.SnapshotChunkH\x00\x12.\n\x0csnapshot_end\x18\x04 \x01(\x0b\x32\x16.unison.v1.SnapshotEndH\x00\x12)\n\theartbeat\x18\x05 \x01(\x0b\x32\x14.unison.v1.HeartbeatH\x00\x42\x06\n\x04\x62ody\"%\n\x10LatestLSNRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"i\n\x11LatestLSNResponse\x12\x0b\n\x03lsn\x18\x01 \x01(\x04\x12\x1a\n\x12\x66irst_retained_lsn\x18\x02 \x01(\x04\x12+\n\x07history\x18\x03 \x01(\x0b\x32\x1a.unison.v1.HistoryIdentity*4\n\tOperation\x12\x11\n\rOPERATION_PUT\x10\x00\x12\x14\n\x10OPERATION_DELETE\x10\x01\x32\x96\x01\n\x0bReplication\x12?\n\x06Stream\x12\x18.unison.v1.StreamRequest\x1a\x19.unison.v1.StreamResponse0\x01\x12\x46\n\tLatestLSN\x12\x1b.unison.v1.LatestLSNRequest\x1a\x1c.unison.v1.LatestLSNResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'unison.replication.replication_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OPERATION']._serialized_start=915
-  _globals['_OPERATION']._serialized_end=967
+  _globals['_OPERATION']._serialized_start=1187
+  _globals['_OPERATION']._serialized_end=1239
   _globals['_LOGRECORD']._serialized_start=51
   _globals['_LOGRECORD']._serialized_end=167
   _globals['_STREAMREQUEST']._serialized_start=169
@@ -41,20 +41,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECORDBATCH']._serialized_end=332
   _globals['_KEYVALUE']._serialized_start=334
   _globals['_KEYVALUE']._serialized_end=372
-  _globals['_SNAPSHOTBEGIN']._serialized_start=374
-  _globals['_SNAPSHOTBEGIN']._serialized_end=402
-  _globals['_SNAPSHOTCHUNK']._serialized_start=404
-  _globals['_SNAPSHOTCHUNK']._serialized_end=455
-  _globals['_SNAPSHOTEND']._serialized_start=457
-  _globals['_SNAPSHOTEND']._serialized_end=497
-  _globals['_HEARTBEAT']._serialized_start=499
-  _globals['_HEARTBEAT']._serialized_end=549
-  _globals['_STREAMRESPONSE']._serialized_start=552
-  _globals['_STREAMRESPONSE']._serialized_end=812
-  _globals['_LATESTLSNREQUEST']._serialized_start=814
-  _globals['_LATESTLSNREQUEST']._serialized_end=851
-  _globals['_LATESTLSNRESPONSE']._serialized_start=853
-  _globals['_LATESTLSNRESPONSE']._serialized_end=913
-  _globals['_REPLICATION']._serialized_start=970
-  _globals['_REPLICATION']._serialized_end=1120
+  _globals['_HISTORYIDENTITY']._serialized_start=374
+  _globals['_HISTORYIDENTITY']._serialized_end=440
+  _globals['_SNAPSHOTBEGIN']._serialized_start=442
+  _globals['_SNAPSHOTBEGIN']._serialized_end=515
+  _globals['_SNAPSHOTCHUNK']._serialized_start=517
+  _globals['_SNAPSHOTCHUNK']._serialized_end=598
+  _globals['_SNAPSHOTEND']._serialized_start=600
+  _globals['_SNAPSHOTEND']._serialized_end=640
+  _globals['_HEARTBEAT']._serialized_start=643
+  _globals['_HEARTBEAT']._serialized_end=776
+  _globals['_STREAMRESPONSE']._serialized_start=779
+  _globals['_STREAMRESPONSE']._serialized_end=1039
+  _globals['_LATESTLSNREQUEST']._serialized_start=1041
+  _globals['_LATESTLSNREQUEST']._serialized_end=1078
+  _globals['_LATESTLSNRESPONSE']._serialized_start=1080
+  _globals['_LATESTLSNRESPONSE']._serialized_end=1185
+  _globals['_REPLICATION']._serialized_start=1242
+  _globals['_REPLICATION']._serialized_end=1392
 # @@protoc_insertion_point(module_scope)

@@ -58,17 +58,31 @@ class KeyValue(_message.Message):
     value: bytes
     def __init__(self, key: _Optional[bytes] = ..., value: _Optional[bytes] = ...) -> None: ...
 
+class HistoryIdentity(_message.Message):
+    __slots__ = ("id", "epoch", "epoch_starts")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_STARTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    epoch: int
+    epoch_starts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, id: _Optional[str] = ..., epoch: _Optional[int] = ..., epoch_starts: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class SnapshotBegin(_message.Message):
-    __slots__ = ("lsn",)
+    __slots__ = ("lsn", "history")
     LSN_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     lsn: int
-    def __init__(self, lsn: _Optional[int] = ...) -> None: ...
+    history: HistoryIdentity
+    def __init__(self, lsn: _Optional[int] = ..., history: _Optional[_Union[HistoryIdentity, _Mapping]] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "crc32")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[KeyValue]
-    def __init__(self, items: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ...) -> None: ...
+    crc32: int
+    def __init__(self, items: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., crc32: _Optional[int] = ...) -> None: ...
 
 class SnapshotEnd(_message.Message):
     __slots__ = ("lsn", "keys")
@@ -79,12 +93,18 @@ class SnapshotEnd(_message.Message):
     def __init__(self, lsn: _Optional[int] = ..., keys: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("upstream_lsn", "sent_ms")
+    __slots__ = ("upstream_lsn", "sent_ms", "history", "prev_lsn", "prev_crc32")
     UPSTREAM_LSN_FIELD_NUMBER: _ClassVar[int]
     SENT_MS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    PREV_LSN_FIELD_NUMBER: _ClassVar[int]
+    PREV_CRC32_FIELD_NUMBER: _ClassVar[int]
     upstream_lsn: int
     sent_ms: int
-    def __init__(self, upstream_lsn: _Optional[int] = ..., sent_ms: _Optional[int] = ...) -> None: ...
+    history: HistoryIdentity
+    prev_lsn: int
+    prev_crc32: int
+    def __init__(self, upstream_lsn: _Optional[int] = ..., sent_ms: _Optional[int] = ..., history: _Optional[_Union[HistoryIdentity, _Mapping]] = ..., prev_lsn: _Optional[int] = ..., prev_crc32: _Optional[int] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
     __slots__ = ("batch", "snapshot_begin", "snapshot_chunk", "snapshot_end", "heartbeat")
@@ -107,9 +127,11 @@ class LatestLSNRequest(_message.Message):
     def __init__(self, namespace: _Optional[str] = ...) -> None: ...
 
 class LatestLSNResponse(_message.Message):
-    __slots__ = ("lsn", "first_retained_lsn")
+    __slots__ = ("lsn", "first_retained_lsn", "history")
     LSN_FIELD_NUMBER: _ClassVar[int]
     FIRST_RETAINED_LSN_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     lsn: int
     first_retained_lsn: int
-    def __init__(self, lsn: _Optional[int] = ..., first_retained_lsn: _Optional[int] = ...) -> None: ...
+    history: HistoryIdentity
+    def __init__(self, lsn: _Optional[int] = ..., first_retained_lsn: _Optional[int] = ..., history: _Optional[_Union[HistoryIdentity, _Mapping]] = ...) -> None: ...

@@ -20,7 +20,13 @@ from unison.errors import StartupError
 from unison.replication import replication_pb2 as pb
 from unison.replication import replication_pb2_grpc as pb_grpc
 from unison.replication.tls import TLSConfigError, server_credentials
-from unison.replication.wire import CHANNEL_OPTIONS, batch_message, records_payload
+from unison.replication.wire import (
+    CHANNEL_OPTIONS,
+    batch_message,
+    chunk_crc,
+    history_to_pb,
+    records_payload,
+)
 from unison.storage import (
     CommittedBatch,
     CorruptRecord,
@@ -69,6 +75,20 @@ def _heartbeat(lsn: int) -> pb.StreamResponse:
     return pb.StreamResponse(heartbeat=pb.Heartbeat(upstream_lsn=lsn, sent_ms=now_ms()))
 
 
+def _identity(store: NamespaceStore, next_lsn: int) -> pb.StreamResponse:
+    """A stream's first message: the history identity and the record before `next_lsn`
+    (when held), before any record."""
+    prev_crc = store.record_crc(next_lsn - 1)
+    return pb.StreamResponse(heartbeat=pb.Heartbeat(
+        upstream_lsn=store.last_lsn, sent_ms=now_ms(), history=history_to_pb(store.history),
+        prev_lsn=next_lsn - 1 if prev_crc is not None else 0, prev_crc32=prev_crc or 0))
+
+
+def _chunk(items: list[pb.KeyValue]) -> pb.StreamResponse:
+    crc = chunk_crc((kv.key, kv.value) for kv in items)
+    return pb.StreamResponse(snapshot_chunk=pb.SnapshotChunk(items=items, crc32=crc))
+
+
 class _Servicer(pb_grpc.ReplicationServicer):
     def __init__(self, stores: dict[str, NamespaceStore], heartbeat_s: float | None) -> None:
         self.stores = stores
@@ -90,13 +110,15 @@ class _Servicer(pb_grpc.ReplicationServicer):
     async def LatestLSN(self, request: pb.LatestLSNRequest,
                         context: grpc.aio.ServicerContext) -> pb.LatestLSNResponse:
         store = await self._store(request.namespace, context)
-        return pb.LatestLSNResponse(lsn=store.last_lsn, first_retained_lsn=store.first_lsn)
+        return pb.LatestLSNResponse(lsn=store.last_lsn, first_retained_lsn=store.first_lsn,
+                                    history=history_to_pb(store.history))
 
     async def Stream(self, request: pb.StreamRequest,
                      context: grpc.aio.ServicerContext) -> AsyncIterator[_Message]:
         store = await self._store(request.namespace, context)
         who = request.follower or context.peer()
         next_lsn = max(request.from_lsn, 1)
+        yield _identity(store, next_lsn)  # first: the follower checks it before applying anything
         if next_lsn > store.last_lsn + 1:
             # The follower has records this node never had: streaming on would mix two
             # histories. Refuse loudly; the follower retries (this node may be catching up).
@@ -147,7 +169,8 @@ class _Servicer(pb_grpc.ReplicationServicer):
 
     async def _snapshot(self, store: NamespaceStore) -> AsyncIterator[pb.StreamResponse]:
         lsn, items = await store.snapshot()
-        yield pb.StreamResponse(snapshot_begin=pb.SnapshotBegin(lsn=lsn))
+        yield pb.StreamResponse(snapshot_begin=pb.SnapshotBegin(
+            lsn=lsn, history=history_to_pb(store.history)))
         chunk: list[pb.KeyValue] = []
         size = keys = 0
         for key, value in items:
@@ -155,10 +178,10 @@ class _Servicer(pb_grpc.ReplicationServicer):
             size += len(key) + len(value)
             keys += 1
             if len(chunk) >= SNAPSHOT_CHUNK_ITEMS or size >= SNAPSHOT_CHUNK_BYTES:
-                yield pb.StreamResponse(snapshot_chunk=pb.SnapshotChunk(items=chunk))
+                yield _chunk(chunk)
                 chunk, size = [], 0
         if chunk:
-            yield pb.StreamResponse(snapshot_chunk=pb.SnapshotChunk(items=chunk))
+            yield _chunk(chunk)
         yield pb.StreamResponse(snapshot_end=pb.SnapshotEnd(lsn=lsn, keys=keys))
         log.info("replication: namespace %s: sent snapshot at lsn %d (%d keys)",
                  store.name, lsn, keys)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import struct
+import zlib
+from collections.abc import Iterable, Sequence
 
 from unison.replication import replication_pb2 as pb
+from unison.storage.history import History
 from unison.storage.records import Op, Record
+
+_LEN = struct.Struct(">I")
 
 # Batches are bounded by the server (records and bytes); the limit only has to exceed
 # the largest batch plus one oversized value, so a big record never wedges a stream.
@@ -63,3 +68,26 @@ def batch_message(payloads: Sequence[bytes], upstream_lsn: int, sent_ms: int) ->
     body = b"".join((*payloads, pb.RecordBatch(upstream_lsn=upstream_lsn,
                                                sent_ms=sent_ms).SerializeToString()))
     return b"\x0a" + _varint(len(body)) + body  # field 1 (batch), length-delimited
+
+
+def history_to_pb(history: History) -> pb.HistoryIdentity:
+    return pb.HistoryIdentity(id=history.id, epoch=history.epoch,
+                              epoch_starts=list(history.epoch_starts))
+
+
+def history_from_pb(msg: pb.HistoryIdentity) -> History | None:
+    """The identity a message carries; None when it carries none (an older upstream)."""
+    if not msg.id:
+        return None
+    return History(msg.id, msg.epoch or 1, tuple(msg.epoch_starts) or (1,))
+
+
+def chunk_crc(items: Iterable[tuple[bytes, bytes]]) -> int:
+    """CRC32 of a snapshot chunk: each key length, key, value length, value, in order."""
+    crc = 0
+    for key, value in items:
+        crc = zlib.crc32(_LEN.pack(len(key)), crc)
+        crc = zlib.crc32(key, crc)
+        crc = zlib.crc32(_LEN.pack(len(value)), crc)
+        crc = zlib.crc32(value, crc)
+    return crc

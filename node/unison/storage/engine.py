@@ -34,10 +34,13 @@ from unison.storage.cursor import (
     LogCursor,
 )
 from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed
+from unison.storage.history import History
 from unison.storage.layout import (
     DATA_CF,
     LOG_CF,
     META_FIRST_LSN,
+    META_HISTORY,
+    META_HISTORY_ADOPTED,
     META_LAST_LSN,
     META_SNAPSHOT_PENDING,
     U64,
@@ -77,7 +80,8 @@ class NamespaceStore:
     """Storage for one namespace. Reads are synchronous; writes are awaited until durable."""
 
     def __init__(self, name: str, path: str | Path, *, sync: bool = True,
-                 bytes_per_sync: int = 0, sync_helper: bool = True) -> None:
+                 bytes_per_sync: int = 0, sync_helper: bool = True,
+                 max_pending_writes: int = 10000, sync_timeout: float = 10.0) -> None:
         self.name = name
         self.path = Path(path)
         self.sync = sync
@@ -97,6 +101,17 @@ class NamespaceStore:
         # memtable (and may still reach disk) with LSNs the next batch would reuse, so no
         # further write is taken until a restart recovers the LSN from what is on disk.
         self.failed: str | None = None
+        # Bounds on local writes (storage_config): queued writes beyond max_pending_writes
+        # are refused; a WAL sync slower than sync_timeout (seconds, 0: no bound) fails
+        # its writes with 503 and sets `stalled` (reported by /readyz) until it completes.
+        self.max_pending_writes = max_pending_writes
+        self.sync_timeout = sync_timeout
+        self.stalled: str | None = None
+        # Which history the log holds (history.py); set by open().
+        self.history = History("")
+        # True when the identity was made for a log that already held records (a store
+        # from before identities): a follower may adopt its upstream's once.
+        self.history_unverified = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -121,9 +136,58 @@ class NamespaceStore:
         if tail is not None and tail != self.last_lsn:
             raise RuntimeError(f"namespace {self.name}: log tail {tail} disagrees with meta "
                                f"last_lsn {self.last_lsn} in {self.path}")
-        log.info("namespace %s: opened %s (lsn %d, log retained from %d)",
-                 self.name, self.path, self.last_lsn, self.first_lsn)
+        self._load_history()
+        log.info("namespace %s: opened %s (lsn %d, log retained from %d, history %s)",
+                 self.name, self.path, self.last_lsn, self.first_lsn, self.history)
         return self
+
+    def _load_history(self) -> None:
+        raw = self._require().get(META_HISTORY)
+        if raw:
+            self.history = History.decode(raw)
+            return
+        self.history = History.new()
+        self.history_unverified = self.last_lsn > 0
+        self._write_history(self.history)
+
+    def _write_history(self, history: History, *, adopted: bool = False) -> None:
+        db = self._require()
+        wb = WriteBatch(raw_mode=True)
+        wb.put(META_HISTORY, history.encode())
+        if adopted:
+            wb.put(META_HISTORY_ADOPTED, U64.pack(1))
+        else:
+            wb.delete(META_HISTORY_ADOPTED)
+        db.write(wb, self._wopts)
+        db.flush_wal(True)
+
+    async def adopt_history(self, history: History) -> None:
+        """Take the upstream's history identity (a follower; synced before returning)."""
+        async with self._lock:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, lambda: self._write_history(history, adopted=True))
+            self.history = history
+            self.history_unverified = False
+        log.info("namespace %s: history is now %s", self.name, history)
+
+    def claim_history(self) -> None:
+        """This node writes the namespace (blocking; at start). If its data is a follower's
+        copy (a datacenter restored from a relayer), the history is reset: it continues
+        in a new epoch from the next LSN, so a follower that holds more of the old epoch
+        than the copy did is refused instead of spliced."""
+        if self._require().get(META_HISTORY_ADOPTED):
+            log.warning("namespace %s: the data in %s is a follower's copy (restored from "
+                        "one?); this node now writes it", self.name, self.path)
+            self.new_epoch()
+
+    def new_epoch(self) -> History:
+        """Reset the history at the next LSN (blocking)."""
+        history = self.history.next_epoch(self.last_lsn + 1)
+        self._write_history(history)
+        self.history = history
+        log.info("namespace %s: new epoch: history %s from lsn %d", self.name, history,
+                 self.last_lsn + 1)
+        return history
 
     def start(self) -> None:
         """Start the WAL sync helper and the writer (on the event loop)."""
@@ -230,6 +294,12 @@ class NamespaceStore:
             if len(out) >= max_records or size >= max_bytes:
                 break
         return out
+
+    def record_crc(self, lsn: int) -> int | None:
+        """The stored CRC32 of the record at `lsn`, None when the log does not hold it."""
+        self._require()
+        raw = self._log.get(lsn_key(lsn)) if 0 < lsn <= self.last_lsn else None
+        return U64.unpack(b"\0\0\0\0" + raw[:4])[0] if raw and len(raw) >= 4 else None
 
     def cursor(self, from_lsn: int, limits: CursorLimits = DEFAULT_LIMITS) -> LogCursor:
         """Replay the log from `from_lsn`, then follow the tail (see cursor.py), within
@@ -393,4 +463,6 @@ class NamespaceStore:
             "replicated_records": s.replicated_records,
             "trimmed_records": s.trimmed_records,
             "snapshots_installed": s.snapshots_installed,
+            "history_id": self.history.id,
+            "history_epoch": self.history.epoch,
         }

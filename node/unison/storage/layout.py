@@ -12,6 +12,10 @@ LOG_CF = "log"
 META_LAST_LSN = b"last_lsn"
 META_FIRST_LSN = b"first_lsn"
 META_SNAPSHOT_PENDING = b"snapshot_pending"
+# The history identity (history.py), JSON; written when the log is created.
+META_HISTORY = b"history"
+# Set while the history was taken from an upstream (a follower's copy); see claim_history.
+META_HISTORY_ADOPTED = b"history_adopted"
 # User keys arrive as UTF-8, which never contains 0xff: this bounds "every key".
 KEY_SPACE_END = b"\xff"
 U64 = struct.Struct(">Q")
