@@ -41,6 +41,7 @@ class NodeContext:
         """(ready?, reasons it is not)."""
         reasons = [f"namespace {ns}: storage closed" for ns, s in self.stores.items() if s.closed]
         reasons += [s.failed for s in self.stores.values() if s.failed is not None]
+        reasons += [s.stalled for s in self.stores.values() if s.stalled is not None]
         for ns, f in self.followers.items():
             st = f.status()  # one snapshot, so the verdict and its reason agree
             if not st.get("caught_up", f.caught_up):

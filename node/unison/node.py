@@ -111,23 +111,30 @@ class Node:
         for ns in cfg.storage.namespaces:
             try:
                 self.stores[ns] = NamespaceStore(
-                    ns, base / ns, bytes_per_sync=cfg.storage.bytes_per_sync).open()
+                    ns, base / ns, bytes_per_sync=cfg.storage.bytes_per_sync,
+                    max_pending_writes=cfg.storage.max_pending_writes,
+                    sync_timeout=cfg.storage.sync_timeout).open()
             except Exception as e:
                 raise StartupError(f"namespace {ns}: cannot open storage in {base / ns}: {e}") from e
             self.stores[ns].start()
 
     async def _serve_http(self, ctx: NodeContext) -> None:
         from unison.api.app import build_app
+        from unison.api.server import BoundedSite, limit_accept_errors
 
         cfg = self.config
-        self._http = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False)
+        limit_accept_errors(asyncio.get_running_loop())
+        self._http = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False,
+                                   keepalive_timeout=cfg.http.idle_timeout)
         await self._http.setup()
-        site = web.TCPSite(self._http, cfg.http.listen_ip, cfg.http_port, reuse_address=True)
+        site = BoundedSite(self._http, cfg.http, cfg.http.listen_ip, cfg.http_port,
+                           reuse_address=True)
         try:
             await site.start()
         except OSError as e:
             raise StartupError(f"HTTP port {cfg.http_port} on {cfg.http.listen_ip}: {e.strerror}") from e
-        log.info("HTTP server listening on :%d", cfg.http_port)
+        log.info("HTTP server listening on :%d (address %s, max %d connections)",
+                 cfg.http_port, cfg.http.listen_ip, site.cap)
 
     async def _retention_loop(self) -> None:
         wc = self.config.storage.wal_cleanup

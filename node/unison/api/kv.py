@@ -16,6 +16,7 @@ import pybase64
 from aiohttp import web
 
 from unison.api.responses import JSON, ApiError, json_ok, success
+from unison.config.model import DEFAULT_MAX_KEY_BYTES
 from unison.context import NodeContext
 from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
 
@@ -56,15 +57,33 @@ def _b64encode(value: bytes) -> bytes:
     return pybase64.b64encode(value)
 
 
-def encode_key(key: Any, field: str) -> bytes:
+def encode_key(key: Any, field: str, max_size: int = DEFAULT_MAX_KEY_BYTES) -> bytes:
     if not isinstance(key, str):
         raise ApiError(400, f"{field}: expected a string, got {_json_type(key)}")
     if not key:
         raise ApiError(400, f"{field}: must not be empty")
     try:
-        return key.encode("utf-8")
+        encoded = key.encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(400, f"{field}: not valid UTF-8") from None
+    if len(encoded) > max_size:
+        raise ApiError(400, f"{field}: key is {len(encoded)} bytes, over the limit of "
+                            f"{max_size} bytes (http_config.max_key_size)")
+    return encoded
+
+
+def require_json(request: web.Request) -> None:
+    """Writes with a body must say `Content-Type: application/json` (415 otherwise): a
+    browser's cross-site form or no-preflight fetch cannot, so it cannot forge a write."""
+    ct = request.headers.get("Content-Type")
+    if ct == JSON:
+        return
+    if ct is None:
+        raise ApiError(415, "Content-Type: header missing; writes must be sent as "
+                            "application/json")
+    if ct.split(";", 1)[0].strip().lower() != JSON:
+        raise ApiError(415, f"Content-Type: {ct!r} is not accepted; writes must be sent as "
+                            "application/json")
 
 
 def _json_type(value: Any) -> str:
@@ -104,6 +123,8 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise ApiError(400, "invalid JSON: request body is empty")
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "invalid JSON: nested too deeply") from None
     except UnicodeDecodeError:
         raise ApiError(400, "invalid JSON: body is not UTF-8") from None
     except ValueError as e:
@@ -121,6 +142,8 @@ class KvRoutes:
         self.stores: dict[str, NamespaceStore] = ctx.stores
         self.writable: frozenset[str] = ctx.writable
         self.max_body = ctx.config.http.max_body_size
+        self.max_key = ctx.config.http.max_key_size
+        self.read_timeout = ctx.config.http.read_timeout
 
     # ------------------------------------------------------------ helpers
 
@@ -147,14 +170,18 @@ class KvRoutes:
             content = request.content
             if content.is_eof():  # all of it has arrived (the usual small body): take it
                 return content.read_nowait()
-        return await request.read()
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                return await request.read()
+        except TimeoutError:
+            raise ApiError(408, f"request body not received within {self.read_timeout:g}s "
+                                "(http_config.read_timeout)") from None
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         return parse_json_object(await self._raw_body(request))
 
-    @staticmethod
-    def _key(request: web.Request) -> bytes:
-        return encode_key(request.match_info.get("key", ""), "key")
+    def _key(self, request: web.Request) -> bytes:
+        return encode_key(request.match_info.get("key", ""), "key", self.max_key)
 
     @staticmethod
     async def _write(store: NamespaceStore, mutations: list[Mutation]) -> None:
@@ -168,6 +195,7 @@ class KvRoutes:
     async def put(self, request: web.Request) -> web.Response:
         store = self._writable_store(request)
         key = self._key(request)
+        require_json(request)
         value = put_value(await self._raw_body(request))
         try:
             await store.submit([Mutation(Op.PUT, key, value)])
@@ -198,8 +226,9 @@ class KvRoutes:
 
     async def batch(self, request: web.Request) -> web.Response:
         store = self._writable_store(request)
+        require_json(request)
         body = await self._body(request)
-        mutations = parse_batch(body)
+        mutations = parse_batch(body, self.max_key)
         await self._write(store, mutations)
         return json_ok({"success": True, "count": len(mutations)})
 
@@ -239,7 +268,7 @@ class KvRoutes:
         return json_ok(out)
 
 
-def parse_batch(body: dict[str, Any]) -> list[Mutation]:
+def parse_batch(body: dict[str, Any], max_key: int = DEFAULT_MAX_KEY_BYTES) -> list[Mutation]:
     """Validate a whole batch request into mutations; raises ApiError naming the field."""
     if "operation" not in body:
         raise ApiError(400, "operation: missing field (expected \"put\" or \"delete\")")
@@ -260,7 +289,7 @@ def parse_batch(body: dict[str, Any]) -> list[Mutation]:
                 raise ApiError(400, f"items[{i}].key: missing field")
             if "value" not in item:
                 raise ApiError(400, f"items[{i}].value: missing field")
-            key = encode_key(item["key"], f"items[{i}].key")
+            key = encode_key(item["key"], f"items[{i}].key", max_key)
             out.append(Mutation(Op.PUT, key, decode_b64(item["value"], f"items[{i}].value")))
         return out
     if op == "delete":
@@ -270,7 +299,8 @@ def parse_batch(body: dict[str, Any]) -> list[Mutation]:
             raise ApiError(400, f"keys: {what}")
         if not keys:
             raise ApiError(400, "keys: must contain at least one key")
-        return [Mutation(Op.DELETE, encode_key(k, f"keys[{i}]")) for i, k in enumerate(keys)]
+        return [Mutation(Op.DELETE, encode_key(k, f"keys[{i}]", max_key))
+                for i, k in enumerate(keys)]
     raise ApiError(400, f"operation: unknown batch operation {op!r} (expected \"put\" or \"delete\")")
 
 

@@ -37,6 +37,8 @@ from unison.storage.cursor import WATCH_STREAM
 log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = WATCH_STREAM.heartbeat
+# LSNs are stored as unsigned 64-bit integers; one past the largest still has to fit.
+MAX_LSN = 2**63
 _SSE = "sse"  # Commit.encoded() form: the commit's records as events
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -82,11 +84,12 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 def _parse_lsn(text: str, what: str) -> int | web.Response:
     try:
-        value = int(text.strip())
+        value = int(text.strip()) if len(text) <= 32 else -1
     except ValueError:
         value = -1
-    if value < 0:
-        return _error(400, f"{what}: expected a non-negative integer (an LSN), got {text!r}")
+    if not 0 <= value < MAX_LSN:
+        return _error(400, f"{what}: expected an integer from 0 to {MAX_LSN - 1} (an LSN), "
+                           f"got {text[:40]!r}")
     return value
 
 
@@ -110,6 +113,10 @@ async def _watch(request: web.Request, ctx: NodeContext) -> web.StreamResponse:
     start = _start_lsn(request, store)
     if isinstance(start, web.Response):
         return start
+    cap = ctx.config.http.max_watch_streams
+    if request.app[_STATS]["watch_streams"] >= cap:
+        return _error(503, f"too many watch streams open ({cap}, "
+                           "http_config.max_watch_streams); retry later")
     start = max(start, 1)
     limits = replace(WATCH_STREAM, heartbeat=request.app[_HEARTBEAT])
     try:

@@ -32,21 +32,21 @@ def _table(lines: list[str], header: str, items: dict[str, Any]) -> None:
         lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
 
 
-def render_toml(cfg: NodeConfig) -> str:
-    """NodeConfig -> UnisonDB-style TOML that `load_config` reads back to an equal config."""
-    lines = ["# Rendered by unison.config; edit the UnisonCluster, not this file.",
-             f"http_port = {cfg.http_port}"]
-    grpc: dict[str, Any] = {"port": cfg.grpc.port, "listen_ip": cfg.grpc.listen_ip,
-                            "allow_insecure": cfg.grpc.allow_insecure}
-    for k in ("cert_path", "key_path", "ca_path"):
-        if getattr(cfg.grpc, k):
-            grpc[k] = getattr(cfg.grpc, k)
+def _grpc(cfg: NodeConfig) -> dict[str, Any]:
     g = cfg.grpc
+    grpc: dict[str, Any] = {"port": g.port, "listen_ip": g.listen_ip,
+                            "allow_insecure": g.allow_insecure}
+    for k in ("cert_path", "key_path", "ca_path"):
+        if getattr(g, k):
+            grpc[k] = getattr(g, k)
     grpc.update(max_concurrent_streams=g.max_concurrent_streams, max_streams=g.max_streams,
                 max_streams_per_peer=g.max_streams_per_peer,
                 keepalive_time=format_duration(g.keepalive_time),
                 keepalive_timeout=format_duration(g.keepalive_timeout))
-    _table(lines, "grpc_config", grpc)
+    return grpc
+
+
+def _http(cfg: NodeConfig) -> dict[str, Any]:
     h = cfg.http
     http: dict[str, Any] = {
         "listen_ip": h.listen_ip, "max_body_size": format_size(h.max_body_size),
@@ -58,7 +58,15 @@ def render_toml(cfg: NodeConfig) -> str:
     for k in ("read_token_file", "write_token_file"):
         if getattr(h, k):
             http[k] = getattr(h, k)
-    _table(lines, "http_config", http)
+    return http
+
+
+def render_toml(cfg: NodeConfig) -> str:
+    """NodeConfig -> UnisonDB-style TOML that `load_config` reads back to an equal config."""
+    lines = ["# Rendered by unison.config; edit the UnisonCluster, not this file.",
+             f"http_port = {cfg.http_port}"]
+    _table(lines, "grpc_config", _grpc(cfg))
+    _table(lines, "http_config", _http(cfg))
     st = cfg.storage
     _table(lines, "storage_config", {
         "base_dir": st.base_dir,

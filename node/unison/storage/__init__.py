@@ -2,10 +2,11 @@
 
 from unison.storage.cursor import Commit, CommittedBatch, CursorLimits, Heartbeat, LogCursor
 from unison.storage.engine import NamespaceStore
-from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed
+from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed, WriteUnavailable
 from unison.storage.records import CorruptRecord, Op, Record
 from unison.storage.writer import Mutation
 
 __all__ = ["Commit", "CommittedBatch", "CorruptRecord", "CursorLimits",
            "Heartbeat", "LogCursor", "LogTrimmed",
-           "Mutation", "NamespaceStore", "Op", "OutOfOrder", "Record", "StoreClosed"]
+           "Mutation", "NamespaceStore", "Op", "OutOfOrder", "Record", "StoreClosed",
+           "WriteUnavailable"]

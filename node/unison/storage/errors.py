@@ -7,6 +7,11 @@ class StoreClosed(RuntimeError):
     """The namespace takes no (more) writes: closed, closing, or failed (the message says)."""
 
 
+class WriteUnavailable(StoreClosed):
+    """A write refused for now, not for good: the write queue is full, or the WAL sync
+    has stalled (the message says which). The API answers 503; retry later."""
+
+
 class LogTrimmed(LookupError):
     """The asked-for LSN is older than the retained log."""
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from rocksdict import WriteBatch
 
-from unison.storage.errors import StoreClosed
+from unison.storage.errors import StoreClosed, WriteUnavailable
 from unison.storage.layout import META_LAST_LSN, U64
 from unison.storage.records import Op, Record, encode_record, lsn_key, now_ms
 
@@ -83,6 +83,12 @@ class GroupCommitWriter:
             raise StoreClosed(failed)
         if self._stopping and self._task.done():
             raise StoreClosed(f"namespace {self.store.name} is not accepting writes")
+        if self.store.stalled is not None:
+            raise WriteUnavailable(self.store.stalled)
+        if len(self._queue) >= self.store.max_pending_writes:
+            raise WriteUnavailable(
+                f"namespace {self.store.name}: write queue full ({len(self._queue)} writes "
+                "waiting, storage_config.max_pending_writes); retry later")
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         self._queue.append((mutations, fut))
         self._wakeup.set()
@@ -126,6 +132,22 @@ class GroupCommitWriter:
         self.store.fail(why)
         self._fail_all(StoreClosed(self.store.failed))
 
+    def _sync_stalled(self, group: list[_Pending]) -> None:
+        """The batch's sync is past storage_config.sync_timeout: answer its writes and the
+        queued ones 503 now (they may still be applied) and refuse new ones until it ends."""
+        store = self.store
+        t = store.sync_timeout
+        store.stalled = (f"namespace {store.name}: the WAL sync has not completed within "
+                         f"{t:g}s (storage_config.sync_timeout); writes are refused until it does")
+        log.error("%s", store.stalled)
+        error = WriteUnavailable(
+            f"namespace {store.name}: the write was not confirmed durable within {t:g}s "
+            "(storage_config.sync_timeout): the WAL sync is stalled; it may still be applied")
+        pending, self._queue = group + self._queue, []
+        for _, fut in pending:
+            if not fut.done():
+                fut.set_exception(error)
+
     def _fail_all(self, error: StoreClosed) -> None:
         pending = self._inflight + self._queue
         self._inflight, self._queue = [], []
@@ -146,12 +168,21 @@ class GroupCommitWriter:
                 self._acknowledge(g.pending, g.first)
                 return
             g.wb.put(META_LAST_LSN, U64.pack(g.last))
+            timer = (self._loop.call_later(store.sync_timeout, self._sync_stalled, g.pending)
+                     if store.sync_timeout > 0 else None)
             try:
                 await store._durable_write(db, g.wb)
             except Exception as e:  # nothing here is acknowledged; stop taking writes
                 store.fail(f"commit of {g.last - g.first + 1} records failed: {e}")
                 self._fail_all(StoreClosed(store.failed))
                 return
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if store.stalled is not None:
+                    log.warning("namespace %s: the WAL sync completed again; taking writes",
+                                store.name)
+                    store.stalled = None
             store.last_lsn = g.last
         store.stats.committed(g.last - g.first + 1, g.size, g.puts)
         records = g.records
