@@ -9,7 +9,9 @@ log gets a snapshot of all live keys at LSN X first and continues from X + 1.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -39,6 +41,12 @@ from unison.storage.cursor import REPLICATION_STREAM
 from unison.storage.records import now_ms
 
 log = logging.getLogger(__name__)
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim  # noqa: B018 (glibc only)
+except (OSError, AttributeError):
+    _LIBC = None
 
 SNAPSHOT_CHUNK_ITEMS = 1000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
@@ -71,6 +79,20 @@ class _Built:
         return built[1]
 
 
+_last_trim = 0.0
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS (glibc keeps it otherwise: a burst of streams would
+    leave the node's RSS at its peak). At most once a second; a no-op off glibc."""
+    global _last_trim
+    now = time.monotonic()
+    if now - _last_trim < 1.0 or _LIBC is None:
+        return
+    _last_trim = now
+    _LIBC.malloc_trim(0)
+
+
 def _heartbeat(lsn: int) -> pb.StreamResponse:
     return pb.StreamResponse(heartbeat=pb.Heartbeat(upstream_lsn=lsn, sent_ms=now_ms()))
 
@@ -90,10 +112,40 @@ def _chunk(items: list[pb.KeyValue]) -> pb.StreamResponse:
 
 
 class _Servicer(pb_grpc.ReplicationServicer):
-    def __init__(self, stores: dict[str, NamespaceStore], heartbeat_s: float | None) -> None:
+    def __init__(self, stores: dict[str, NamespaceStore], heartbeat_s: float | None,
+                 grpc_cfg: GrpcConfig | None = None) -> None:
         self.stores = stores
         self.limits = replace(REPLICATION_STREAM, heartbeat=heartbeat_s)
         self.active_streams = 0
+        self.cfg = grpc_cfg or GrpcConfig()
+        self._per_peer: dict[str, int] = {}  # open streams per peer address (not port)
+        self.refused_streams = 0
+
+    async def _admit(self, context: grpc.aio.ServicerContext) -> str:
+        """Count a new stream against grpc_config.max_streams and max_streams_per_peer
+        (RESOURCE_EXHAUSTED beyond); returns the peer address to release it with."""
+        peer = context.peer().rpartition(":")[0] or context.peer()
+        cfg, open_ = self.cfg, self._per_peer.get(peer, 0)
+        over = ("grpc_config.max_streams", cfg.max_streams) if (
+            self.active_streams >= cfg.max_streams) else (
+            ("grpc_config.max_streams_per_peer", cfg.max_streams_per_peer)
+            if open_ >= cfg.max_streams_per_peer else None)
+        if over is not None:
+            self.refused_streams += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many replication streams ({over[1]}, {over[0]}); "
+                                "close one or retry later")
+        self._per_peer[peer] = open_ + 1
+        self.active_streams += 1
+        return peer
+
+    def _release(self, peer: str) -> None:
+        self.active_streams -= 1
+        left = self._per_peer.pop(peer, 1) - 1
+        if left > 0:
+            self._per_peer[peer] = left
+        else:
+            release_memory()  # a peer's streams are gone: give their buffers back
         self._built = _Built()
 
     async def _store(self, namespace: str, context: grpc.aio.ServicerContext) -> NamespaceStore:
@@ -128,7 +180,7 @@ class _Servicer(pb_grpc.ReplicationServicer):
                 f"latest lsn is {store.last_lsn}")
         log.info("replication: stream to %s opened (namespace %s, from lsn %d, latest %d)",
                  who, store.name, next_lsn, store.last_lsn)
-        self.active_streams += 1
+        peer = await self._admit(context)
         try:
             while True:  # each pass: follow the log until it is trimmed under us
                 try:
@@ -145,7 +197,7 @@ class _Servicer(pb_grpc.ReplicationServicer):
                         yield msg
                     next_lsn = snap_lsn + 1
         finally:
-            self.active_streams -= 1
+            self._release(peer)
             log.info("replication: stream to %s closed (namespace %s)", who, store.name)
 
     async def _follow(self, store: NamespaceStore, next_lsn: int,
@@ -209,7 +261,7 @@ class ReplicationServer:
                  heartbeat_s: float | None = HEARTBEAT_S) -> None:
         self.stores = stores
         self.cfg = grpc_cfg
-        self._servicer = _Servicer(stores, heartbeat_s)
+        self._servicer = _Servicer(stores, heartbeat_s, grpc_cfg)
         self._server: grpc.aio.Server | None = None
         self.port = grpc_cfg.port  # the bound port (differs from cfg when cfg.port is 0)
 
@@ -217,9 +269,22 @@ class ReplicationServer:
     def address(self) -> str:
         return f"{self.cfg.listen_ip}:{self.port}"
 
+    def _bounds(self) -> list[tuple[str, int]]:
+        """grpc_config's bounds as server options (later options win over CHANNEL_OPTIONS)."""
+        c = self.cfg
+        return [("grpc.max_concurrent_streams", c.max_concurrent_streams),
+                ("grpc.keepalive_time_ms", int(c.keepalive_time * 1000)),
+                ("grpc.keepalive_timeout_ms", int(c.keepalive_timeout * 1000)),
+                # A peer's pings may come this often (followers ping every 10 s).
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                # The receive window stays at HTTP/2's default instead of growing with
+                # bandwidth-delay probes: a peer that sends and never reads pins less.
+                ("grpc.http2.bdp_probe", 0)]
+
     async def start(self) -> None:
         # so_reuseport off: a second node on the same port must fail, not share it.
-        server = grpc.aio.server(options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=[*CHANNEL_OPTIONS, *self._bounds(),
+                                          ("grpc.so_reuseport", 0)])
         _add_servicer(self._servicer, server)
         target = f"{self.cfg.listen_ip}:{self.cfg.port}"
         try:
