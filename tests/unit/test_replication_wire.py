@@ -120,9 +120,10 @@ async def test_tail_serves_whole_durable_commits_and_starts_over_on_a_snapshot(
         assert take(2, 100, 1 << 20) == ([], 0)
         assert take(store.last_lsn, 100, 1 << 20)[1] == store.last_lsn
 
-        await store.begin_snapshot_install()  # wiped: nothing the tail holds is durable
+        await store.begin_snapshot_install()  # built aside: the tail still holds
+        assert take(store.last_lsn, 100, 1 << 20)[1] == store.last_lsn
+        await store.finish_snapshot_install(500)  # switched: nothing the tail held is left
         assert take(store.last_lsn, 100, 1 << 20) == ([], 0)
-        await store.finish_snapshot_install(500)
         await store.put(b"after", b"1")
         assert take(store.last_lsn - 1, 100, 1 << 20) == ([], 0)
         parts, last = take(501, 100, 1 << 20)

@@ -394,7 +394,7 @@ async def test_snapshot_install_then_continue_from_the_next_lsn(tmp_path: Path) 
         await target.close()
 
 
-async def test_interrupted_snapshot_install_restarts_empty(tmp_path: Path) -> None:
+async def test_interrupted_snapshot_install_keeps_the_state_before_it(tmp_path: Path) -> None:
     s = open_store(tmp_path)
     await s.write([Mutation(Op.PUT, b"old", b"v")])
     await s.begin_snapshot_install()
@@ -403,8 +403,47 @@ async def test_interrupted_snapshot_install_restarts_empty(tmp_path: Path) -> No
 
     s = open_store(tmp_path)
     try:
-        assert s.last_lsn == 0
-        assert s.get(b"half") is None and s.get(b"old") is None
+        assert s.last_lsn == 1
+        assert s.get(b"half") is None and s.get(b"old") == b"v"
+        assert s.scan(b"", None, 10) == ([(b"old", b"v")], False)
+    finally:
+        await s.close()
+
+
+async def test_snapshot_install_is_invisible_to_readers_until_it_switches(
+        tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    try:
+        await s.write([Mutation(Op.PUT, f"old{i}".encode(), b"o") for i in range(5)])
+        before = s.scan(b"", None, 100)
+        await s.begin_snapshot_install()
+        await s.load_snapshot_items([(f"new{i}".encode(), b"n") for i in range(7)])
+        # Mid-install: every read answers from the state before it.
+        assert (s.last_lsn, s.first_lsn) == (5, 1)
+        assert s.get(b"old3") == b"o" and s.get(b"new3") is None
+        assert s.scan(b"", None, 100) == before
+        assert [r.lsn for r in s.read_log(1)] == [1, 2, 3, 4, 5]
+
+        await s.abort_snapshot_install()  # a bad chunk: dropped, nothing changed
+        assert s.scan(b"", None, 100) == before and s.last_lsn == 5
+
+        await s.begin_snapshot_install()
+        await s.load_snapshot_items([(b"new1", b"n"), (b"new2", b"n")])
+        assert s.get(b"new1") is None
+        await s.finish_snapshot_install(40)
+        assert (s.last_lsn, s.first_lsn) == (40, 41)
+        assert s.scan(b"", None, 100) == ([(b"new1", b"n"), (b"new2", b"n")], False)
+        await s.put(b"after", b"a")  # writes go to the live family after the switch
+        await s.close()
+
+        s = open_store(tmp_path)  # the switch survives a restart
+        assert s.last_lsn == 41
+        assert [k for k, _ in s.scan(b"", None, 100)[0]] == [b"after", b"new1", b"new2"]
+        # A second install switches back to the first family, emptied meanwhile.
+        await s.begin_snapshot_install()
+        await s.load_snapshot_items([(b"third", b"t")])
+        await s.finish_snapshot_install(99)
+        assert s.scan(b"", None, 100) == ([(b"third", b"t")], False)
     finally:
         await s.close()
 

@@ -116,6 +116,8 @@ _FOLLOWER_FIELDS = (
      "Snapshots installed from the upstream."),
     ("refused_batches", "counter", "unison_follower_refused_batches",
      "Batches refused (gap, checksum or order)."),
+    ("snapshots_refused", "counter", "unison_follower_snapshots_refused",
+     "Snapshot installs aborted because a chunk failed its CRC32 check."),
     ("history_mismatch", "gauge", "unison_follower_history_mismatch",
      "1 while the upstream's history differs from this namespace's: nothing is applied "
      "(unison_follower_history_mismatch_info names both histories)."),

@@ -108,6 +108,7 @@ class Follower:
         self.batches_applied = 0
         self.snapshots_installed = 0
         self.refused_batches = 0
+        self.snapshots_refused = 0  # installs aborted: a chunk failed its checksum
         self.last_error = ""
         # Set while the upstream's history differs from this namespace's (nothing applied).
         self.divergence: Divergence | None = None
@@ -225,6 +226,7 @@ class Follower:
             "batches_applied": self.batches_applied,
             "snapshots_installed": self.snapshots_installed,
             "refused_batches": self.refused_batches,
+            "snapshots_refused": self.snapshots_refused,
             "last_error": self.last_error,
             "history": str(self.store.history),
             "upstream_history": None if self.upstream_history is None
@@ -275,9 +277,9 @@ class Follower:
                     self.disconnected_since = time.monotonic()
                 await self._close_channel()
             if self._snapshot_open:
-                # A half-loaded snapshot must not be mistaken for data: start clean.
+                # A half-built snapshot is dropped; the state before it stays served.
                 with contextlib.suppress(StoreClosed):
-                    await self.store.begin_snapshot_install()
+                    await self.store.abort_snapshot_install()
                 self._snapshot_open = False
             self.last_error = reason
             self.reconnects += 1
@@ -473,9 +475,13 @@ class Follower:
             chunk = msg.snapshot_chunk
             items = [(kv.key, kv.value) for kv in chunk.items]
             if chunk.HasField("crc32") and chunk_crc(items) != chunk.crc32:
-                raise _Refused(f"snapshot chunk of {len(items)} keys failed its CRC32 check "
-                               f"(sent {chunk.crc32:#010x}, computed {chunk_crc(items):#010x}); "
-                               "install aborted, the old state is kept")
+                self.snapshots_refused += 1
+                why = (f"snapshot chunk of {len(items)} keys failed its CRC32 check (sent "
+                       f"{chunk.crc32:#010x}, computed {chunk_crc(items):#010x}); install "
+                       "aborted, the state before it is kept")
+                log.error("replication: namespace %s from %s: %s", self.namespace,
+                          self.upstream.upstream_address, why)
+                raise _Refused(why)
             await self.store.load_snapshot_items(items)
             return False
         if kind == "snapshot_end":

@@ -37,12 +37,13 @@ from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed
 from unison.storage.history import History
 from unison.storage.layout import (
     DATA_CF,
+    DATA_CFS,
     LOG_CF,
+    META_DATA_CF,
     META_FIRST_LSN,
     META_HISTORY,
     META_HISTORY_ADOPTED,
     META_LAST_LSN,
-    META_SNAPSHOT_PENDING,
     U64,
     options,
 )
@@ -101,6 +102,7 @@ class NamespaceStore:
         # memtable (and may still reach disk) with LSNs the next batch would reuse, so no
         # further write is taken until a restart recovers the LSN from what is on disk.
         self.failed: str | None = None
+        self.data_cf = DATA_CF  # the live data column family (see snapshot.py)
         # Bounds on local writes (storage_config): queued writes beyond max_pending_writes
         # are refused; a WAL sync slower than sync_timeout (seconds, 0: no bound) fails
         # its writes with 503 and sets `stalled` (reported by /readyz) until it completes.
@@ -117,18 +119,14 @@ class NamespaceStore:
 
     def open(self) -> NamespaceStore:
         self.path.mkdir(parents=True, exist_ok=True)
-        cfs = {DATA_CF: options(self.bytes_per_sync), LOG_CF: options(self.bytes_per_sync)}
+        cfs = {name: options(self.bytes_per_sync) for name in (*DATA_CFS, LOG_CF)}
         self._db = Rdict(str(self.path), options(self.bytes_per_sync), column_families=cfs,
                          access_type=AccessType.read_write())
-        self._data = self._db.get_column_family(DATA_CF)
         self._log = self._db.get_column_family(LOG_CF)
-        self._data_h = self._db.get_column_family_handle(DATA_CF)
         self._log_h = self._db.get_column_family_handle(LOG_CF)
-        if self._meta(META_SNAPSHOT_PENDING):
-            log.warning("namespace %s: an interrupted snapshot install was found in %s; "
-                        "starting empty so the follower fetches a fresh snapshot",
-                        self.name, self.path)
-            snapshot.wipe(self)
+        live = self._db.get(META_DATA_CF)
+        self.use_data_cf(live.decode() if live else DATA_CF)
+        snapshot.recover(self)
         self.last_lsn = self._meta(META_LAST_LSN)
         self.first_lsn = self._meta(META_FIRST_LSN) or 1
         # The meta LSN is written in the same batch as the log; the log's tail must agree.
@@ -140,6 +138,13 @@ class NamespaceStore:
         log.info("namespace %s: opened %s (lsn %d, log retained from %d, history %s)",
                  self.name, self.path, self.last_lsn, self.first_lsn, self.history)
         return self
+
+    def use_data_cf(self, name: str) -> None:
+        """Serve data from column family `name` (a snapshot install switches it)."""
+        db = self._require()
+        self._data = db.get_column_family(name)
+        self._data_h = db.get_column_family_handle(name)
+        self.data_cf = name
 
     def _load_history(self) -> None:
         raw = self._require().get(META_HISTORY)
@@ -431,8 +436,13 @@ class NamespaceStore:
         return await snapshot.view(self)
 
     async def begin_snapshot_install(self) -> None:
-        """Drop everything and mark an install in progress (survives a crash)."""
+        """Start building a snapshot aside; readers keep the current state until
+        finish_snapshot_install switches to it (snapshot.py)."""
         await snapshot.begin_install(self)
+
+    async def abort_snapshot_install(self) -> None:
+        """Drop a half-built snapshot; the current state is kept."""
+        await snapshot.abort_install(self)
 
     async def load_snapshot_items(self, items: Sequence[tuple[bytes, bytes]]) -> None:
         await snapshot.load_items(self, items)

@@ -7,6 +7,10 @@ import struct
 from rocksdict import Options
 
 DATA_CF = "data"
+# Live data is in one of these; a snapshot is installed by building it in the other and
+# switching (snapshot.py). META_DATA_CF names the live one (absent: "data").
+DATA_CFS = (DATA_CF, "data_b")
+META_DATA_CF = b"data_cf"
 LOG_CF = "log"
 # Meta keys live in the default column family.
 META_LAST_LSN = b"last_lsn"
