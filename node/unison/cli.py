@@ -51,7 +51,12 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:  # a command is required: say which there are, as a usage error
+        print(usage(), file=sys.stderr)
+        return 2
+    if args[0] == "help" and len(args) > 1:  # `unison help up` = `unison up --help`
+        args = [args[1], "--help"]
+    elif args[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
     if args[0] in ("-V", "--version"):

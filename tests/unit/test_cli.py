@@ -33,6 +33,19 @@ def test_each_subcommand_has_its_own_help(command: str) -> None:
     assert "Traceback" not in r.stdout + r.stderr
 
 
+def test_no_command_is_a_usage_error_listing_them() -> None:
+    r = unison()
+    assert r.returncode == 2 and r.stdout == ""
+    assert "usage: unison COMMAND" in r.stderr and "  demo" in r.stderr
+
+
+def test_help_command_shows_that_commands_help() -> None:
+    r = unison("help", "up")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage:") and "up" in r.stdout.split("\n", 1)[0]
+    assert r.stdout == unison("up", "--help").stdout
+
+
 def test_unknown_command_is_a_usage_error() -> None:
     r = unison("bogus")
     assert r.returncode == 2
