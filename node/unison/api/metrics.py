@@ -128,6 +128,8 @@ _NOTIFIER_FIELDS = (
     ("dropped", "counter", "unison_notifier_dropped", "Notifications dropped."),
     ("pending", "gauge", "unison_notifier_pending", "Notifications waiting to be sent."),
     ("last_seq_num", "gauge", "unison_notifier_last_seq_num", "LSN of the last notification."),
+    ("wakeups", "counter", "unison_notifier_wakeups",
+     "Sends to subscribers: one per commit, or per max_delay window when coalescing."),
 )
 
 

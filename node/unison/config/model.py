@@ -62,8 +62,12 @@ class StorageConfig:
 
 @dataclass
 class WriteNotifyConfig:
+    """As in UnisonDB: coalescing of reader wake-ups, leading edge (notify/publisher.py).
+    `enabled = false` turns coalescing off (every commit notified at once), never the
+    notifications themselves."""
+
     enabled: bool = True
-    max_delay: float = 0.0  # seconds; upper bound for notification coalescing
+    max_delay: float = 0.0  # seconds: the window later writes are gathered in
 
 
 @dataclass

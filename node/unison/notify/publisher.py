@@ -4,8 +4,16 @@ After every durable commit (local writes on a primary, records applied by a foll
 a relayer) each record goes out as two frames, `[b"<namespace>.kv", json]`, in LSN
 order. The notifier is a push adapter over the store's log cursor (storage/cursor.py):
 its cursor starts at the tail and calls it inside the commit path, and it drains the
-cursor without waiting, so a record is on the socket when the commit returns (or held
-for `write_notify_config.max_delay`). After a snapshot install (the history was
+cursor without waiting, so a record is on the socket when the commit returns.
+
+`write_notify_config` means what it means in UnisonDB: coalescing of reader wake-ups,
+never whether notifications are sent. With `enabled = true` and `max_delay > 0` it
+coalesces on the leading edge: the first commit after a quiet period is sent at once
+(a lone write is notified about a millisecond after it is durable) and opens a window
+of `max_delay`; commits within the window are gathered and sent together when it ends
+(which opens the next window), so a write storm costs one wake-up per window.
+`enabled = false` (or `max_delay = 0`) turns coalescing off: every commit is sent at
+once. `wakeups` counts the sends. After a snapshot install (the history was
 replaced) it continues from the new tail: subscribers see a `seq_num` gap.
 
 The socket is a plain PUB, as in UnisonDB: when one subscriber's queue reaches the
@@ -64,7 +72,8 @@ class Notifier:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cursor: LogCursor | None = None
         self._pending: list[Record] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None  # set while a window is open
+        self.wakeups = 0  # sends to subscribers (one per commit without coalescing)
         self.sent = 0
         self.dropped = 0
         self.last_seq_num = 0
@@ -95,15 +104,12 @@ class Notifier:
         self._fd = sock.getsockopt(zmq.FD)
         self._loop.add_reader(self._fd, self._subscriptions)
         self._subscriptions()  # ZMQ_FD is edge-triggered: drain what is there already
-        if self.write_notify.enabled:
-            self._cursor = self.store.cursor(self.store.last_lsn + 1, NOTIFIER)
-            self._cursor.on_commit(self._on_commit)
-            log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, max_delay %gs)",
-                     self.namespace, self.endpoint, self.config.high_water_mark,
-                     self.write_notify.max_delay)
-        else:
-            log.info("ZeroMQ notifier for namespace %s bound on %s; write_notify_config.enabled "
-                     "is false, so no notifications are sent", self.namespace, self.endpoint)
+        self._cursor = self.store.cursor(self.store.last_lsn + 1, NOTIFIER)
+        self._cursor.on_commit(self._on_commit)
+        log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, %s)",
+                 self.namespace, self.endpoint, self.config.high_water_mark,
+                 f"wake-ups coalesced over {self.write_notify.max_delay:g}s, leading edge"
+                 if self._coalescing else "every commit sent at once")
 
     async def stop(self) -> None:
         """Stop listening, send what is held back, close within linger_time."""
@@ -131,6 +137,7 @@ class Notifier:
             "dropped": self.dropped,
             "pending": len(self._pending),
             "last_seq_num": self.last_seq_num,
+            "wakeups": self.wakeups,
         }
 
     def _subscriptions(self) -> None:
@@ -172,24 +179,45 @@ class Notifier:
             for c in batch.commits:
                 self._publish(c.records)
 
+    @property
+    def _coalescing(self) -> bool:
+        return self.write_notify.enabled and self.write_notify.max_delay > 0
+
     def _publish(self, records: Sequence[Record]) -> None:
-        if self.write_notify.max_delay <= 0:
+        """Leading edge: send at once unless a window is open; inside one, gather."""
+        if self._flush_handle is None or not self._coalescing:
             self._send(records)
+            self.wakeups += 1
+            self._open_window()
             return
         self._pending.extend(records)
         if len(self._pending) >= MAX_COALESCED:
-            self._flush()
-        elif self._flush_handle is None and self._loop is not None:
-            self._flush_handle = self._loop.call_later(
-                self.write_notify.max_delay, self._flush)
+            self._send_pending()
+
+    def _open_window(self) -> None:
+        if self._coalescing and self._loop is not None:
+            self._flush_handle = self._loop.call_later(self.write_notify.max_delay,
+                                                       self._window_end)
+
+    def _window_end(self) -> None:
+        """Send what the window gathered; that send opens the next window. Nothing
+        gathered: quiet again, so the next commit goes out at once."""
+        self._flush_handle = None
+        if self._pending:
+            self._send_pending()
+            self._open_window()
+
+    def _send_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._send(batch)
+        self.wakeups += 1
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if self._pending:
-            batch, self._pending = self._pending, []
-            self._send(batch)
+            self._send_pending()
 
     def _send(self, records: Sequence[Record]) -> None:
         sock = self._sock
