@@ -27,8 +27,14 @@ Bounded against hostile peers: the socket is an XPUB in manual mode, so a subscr
 is applied only when it can match this notifier's one topic (a prefix of
 `<namespace>.kv`); any other (a 16 MB one, or 50,000 distinct ones) is read, counted in
 `refused_subscriptions` and forgotten, so libzmq's subscription trie never grows beyond
-the topic's length. `max_msg_size` (ZMQ_MAXMSGSIZE) disconnects a peer that sends a
-larger message before it is buffered. The socket binds the node's HTTP `listen_ip`
+the topic's length on our side. libzmq itself still files every subscription of a peer
+in its own trie (about 50 bytes per byte subscribed) until the peer disconnects, so once
+peers have sent `REFUSED_BYTES_LIMIT` bytes of subscriptions that cannot match, the
+socket is closed and bound again: every peer is disconnected, libzmq's tries are freed
+(and the heap handed back), and well-behaved subscribers reconnect and resubscribe on
+their own (seeing a `seq_num` gap if a write fell in between). `max_msg_size`
+(ZMQ_MAXMSGSIZE) disconnects a peer that sends a larger message before it is buffered,
+and a small receive high-water mark keeps what libzmq reads ahead of us small. The socket binds the node's HTTP `listen_ip`
 (`tcp://*` only when that is 0.0.0.0).
 """
 
@@ -42,6 +48,7 @@ import zmq
 
 from unison.config import NotifierConfig, WriteNotifyConfig
 from unison.errors import StartupError
+from unison.memory import release_memory
 from unison.notify.message import encode_notification, topic
 from unison.storage import CorruptRecord, LogCursor, LogTrimmed, NamespaceStore, Record, StoreClosed
 from unison.storage.cursor import NOTIFIER
@@ -50,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # With coalescing on, a burst this large is sent at once rather than held for max_delay.
 MAX_COALESCED = NOTIFIER.max_records
+# Bytes of subscriptions that cannot match, accepted before the socket is renewed.
+REFUSED_BYTES_LIMIT = 64 * 1024
+_SUBSCRIPTION_HWM = 64  # subscriptions libzmq reads ahead of us, per peer
 _NOWAIT = int(zmq.DONTWAIT)
 _MORE_NOWAIT = int(zmq.DONTWAIT | zmq.SNDMORE)
 
@@ -61,7 +71,10 @@ class Notifier:
                  write_notify: WriteNotifyConfig | None = None, bind_ip: str = "*") -> None:
         self.bind_ip = "*" if bind_ip in ("", "*", "0.0.0.0") else bind_ip
         self.refused_subscriptions = 0
+        self.renewals = 0
+        self._refused_bytes = 0
         self._fd: int | None = None
+        self._renew_handle: asyncio.TimerHandle | None = None
         self.store = store
         self.config = config
         self.write_notify = write_notify or WriteNotifyConfig()
@@ -82,28 +95,41 @@ class Notifier:
     def endpoint(self) -> str:
         return f"tcp://{self.bind_ip}:{self.config.bind_port}"
 
-    async def start(self) -> None:
-        ctx = zmq.Context()
+    def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.XPUB)
         sock.setsockopt(zmq.SNDHWM, self.config.high_water_mark)
+        sock.setsockopt(zmq.RCVHWM, _SUBSCRIPTION_HWM)
         sock.setsockopt(zmq.LINGER, self.config.linger_time)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_msg_size or -1)
         sock.setsockopt(zmq.XPUB_MANUAL, 1)  # subscriptions are applied by _subscriptions
         try:
             sock.bind(self.endpoint)
-        except zmq.ZMQError as e:
+        except zmq.ZMQError:
             sock.close(linger=0)
+            raise
+        return sock
+
+    def _listen(self, sock: zmq.Socket[bytes]) -> None:
+        assert self._loop is not None
+        self._sock = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._loop.add_reader(self._fd, self._subscriptions)
+        self._subscriptions()  # ZMQ_FD is edge-triggered: drain what is there already
+
+    async def start(self) -> None:
+        ctx = zmq.Context()
+        try:
+            sock = self._bind(ctx)
+        except zmq.ZMQError as e:
             ctx.term()
             raise StartupError(
                 f"notifier_config.{self.namespace}: cannot bind the ZeroMQ publisher for "
                 f"namespace {self.namespace} on port {self.config.bind_port}: "
                 f"{zmq.strerror(e.errno)}"
             ) from e
-        self._ctx, self._sock = ctx, sock
+        self._ctx = ctx
         self._loop = asyncio.get_running_loop()
-        self._fd = sock.getsockopt(zmq.FD)
-        self._loop.add_reader(self._fd, self._subscriptions)
-        self._subscriptions()  # ZMQ_FD is edge-triggered: drain what is there already
+        self._listen(sock)
         self._cursor = self.store.cursor(self.store.last_lsn + 1, NOTIFIER)
         self._cursor.on_commit(self._on_commit)
         log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, %s)",
@@ -116,11 +142,15 @@ class Notifier:
         if self._cursor is not None:
             self._cursor.close()
             self._cursor = None
+        if self._renew_handle is not None:
+            self._renew_handle.cancel()
+            self._renew_handle = None
         if self._sock is None:
+            if self._ctx is not None:  # stopped while renewing the socket
+                ctx, self._ctx = self._ctx, None
+                await asyncio.get_running_loop().run_in_executor(None, ctx.term)
             return
-        if self._fd is not None and self._loop is not None:
-            self._loop.remove_reader(self._fd)
-            self._fd = None
+        self._unlisten()
         self._flush()
         self._sock.close(linger=self.config.linger_time)
         self._sock = None
@@ -153,10 +183,46 @@ class Notifier:
                 sock.setsockopt(zmq.SUBSCRIBE if kind == b"\x01" else zmq.UNSUBSCRIBE, prefix)
                 continue
             self.refused_subscriptions += 1
+            self._refused_bytes += len(msg)
             if self.refused_subscriptions == 1 or self.refused_subscriptions % 10000 == 0:
                 log.warning("namespace %s: ignored a subscription that cannot match topic %s "
                             "(%d bytes; %d ignored so far)", self.namespace,
                             self._topic.decode(), len(prefix), self.refused_subscriptions)
+            if self._refused_bytes > REFUSED_BYTES_LIMIT:
+                self._renew()
+                return
+
+    def _unlisten(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        self._fd = None
+
+    def _renew(self, attempt: int = 0) -> None:
+        """Close the socket (dropping every peer and libzmq's subscription tries) and bind
+        it again; retried while the old listener is still being closed."""
+        if self._sock is not None:
+            log.warning("namespace %s: %d bytes of subscriptions that cannot match topic %s: "
+                        "renewing the ZeroMQ socket (subscribers reconnect)", self.namespace,
+                        self._refused_bytes, self._topic.decode())
+            self._unlisten()
+            self._sock.close(linger=0)
+            self._sock = None
+            self._refused_bytes = 0
+            self.renewals += 1
+        self._renew_handle = None
+        if self._ctx is None or self._loop is None:
+            return
+        try:
+            sock = self._bind(self._ctx)
+        except zmq.ZMQError as e:
+            if attempt >= 250:
+                log.error("namespace %s: cannot bind the ZeroMQ publisher again on %s: %s; "
+                          "notifications stopped", self.namespace, self.endpoint, e)
+                return
+            self._renew_handle = self._loop.call_later(0.02, self._renew, attempt + 1)
+            return
+        self._listen(sock)
+        release_memory(0)
 
     # ------------------------------------------------------------ commit path
 
@@ -221,7 +287,8 @@ class Notifier:
 
     def _send(self, records: Sequence[Record]) -> None:
         sock = self._sock
-        if sock is None:
+        if sock is None:  # renewing the socket: nobody is connected to miss these
+            self.dropped += len(records)
             return
         for r in records:
             try:

@@ -9,9 +9,7 @@ log gets a snapshot of all live keys at LSN X first and continues from X + 1.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -19,6 +17,7 @@ import grpc
 
 from unison.config import GrpcConfig
 from unison.errors import StartupError
+from unison.memory import release_memory
 from unison.replication import replication_pb2 as pb
 from unison.replication import replication_pb2_grpc as pb_grpc
 from unison.replication.tls import TLSConfigError, server_credentials
@@ -41,12 +40,6 @@ from unison.storage.cursor import REPLICATION_STREAM
 from unison.storage.records import now_ms
 
 log = logging.getLogger(__name__)
-
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
-    _LIBC.malloc_trim  # noqa: B018 (glibc only)
-except (OSError, AttributeError):
-    _LIBC = None
 
 SNAPSHOT_CHUNK_ITEMS = 1000
 SNAPSHOT_CHUNK_BYTES = 1024 * 1024
@@ -77,20 +70,6 @@ class _Built:
             parts = [c.encoded(_WIRE, records_payload) for c in batch.commits]
             built = self._last[namespace] = key, batch_message(parts, key[2], key[3])
         return built[1]
-
-
-_last_trim = 0.0
-
-
-def release_memory() -> None:
-    """Hand freed heap back to the OS (glibc keeps it otherwise: a burst of streams would
-    leave the node's RSS at its peak). At most once a second; a no-op off glibc."""
-    global _last_trim
-    now = time.monotonic()
-    if now - _last_trim < 1.0 or _LIBC is None:
-        return
-    _last_trim = now
-    _LIBC.malloc_trim(0)
 
 
 def _heartbeat(lsn: int) -> pb.StreamResponse:
