@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
 
-.PHONY: demo test lint protos bench image clean
+.PHONY: demo test test-fast kube lint protos bench image clean
 
 define venv
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ demo: $(RUNTIME_STAMP)
 test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
+
+# Seconds, not minutes: lint, unit tests and the operator's emulator tests only.
+test-fast: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -rs tests/unit tests/operator $(PYTEST_ARGS)
+
+# What the real-Kubernetes suite needs (Debian packages, Kubernetes built from Go modules,
+# the image); `make test` then runs it instead of skipping it.
+kube:
+	bash scripts/kube/prepare.sh
+	bash scripts/container/prepare.sh
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
