@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import importlib.util
 import json
 import logging
 import os
@@ -345,8 +346,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=None, metavar="N",
                    help="repetitions per benchmark (default 3, smoke 1); the table shows "
                    "the median and range over them")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
-                   help=f"where to write the report (default {DEFAULT_OUT.relative_to(REPO)})")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help=f"where to write the report (default {DEFAULT_OUT.relative_to(REPO)}; "
+                   "with --smoke a new temporary directory, so a smoke run never replaces "
+                   "the committed figures)")
     p.add_argument("--retries", type=int, default=1, metavar="N",
                    help="retry a failed repetition up to N times (default 1); a retried "
                    "success carries the first error as a note in the report")
@@ -396,6 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     profile = "smoke" if args.smoke else "full"
     repeat = args.repeat or (1 if args.smoke else 3)
+    if importlib.util.find_spec("matplotlib") is None:
+        print("bench: matplotlib is not installed; `make bench` installs it "
+              "(pip install -e '.[bench]')", file=sys.stderr)
+        return 2
+    if args.out is None:
+        args.out = (Path(tempfile.mkdtemp(prefix="unison-bench-smoke-")) if args.smoke
+                    else DEFAULT_OUT)
     targets = dict(t.split("=", 1) for t in args.target)
     benches = []
     for b in BENCHES:

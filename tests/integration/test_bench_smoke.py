@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -125,3 +126,25 @@ def test_usage_errors_exit_2_with_a_message(args: list[str], message: str) -> No
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_smoke_run_never_replaces_the_committed_figures() -> None:
+    committed = REPO / "bench" / "results" / "latest.json"
+    before = committed.read_bytes()
+    r = bench("--smoke", "--only", "render", timeout=120)
+    assert r.returncode == 0, r.stderr
+    wrote = next(line for line in r.stdout.splitlines() if line.startswith("wrote "))
+    assert "unison-bench-smoke-" in wrote and str(REPO / "bench") not in wrote, wrote
+    assert committed.read_bytes() == before
+    shutil.rmtree(Path(wrote.split()[1]).parent)
+
+
+def test_missing_matplotlib_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    r = bench("--smoke", "--only", "render", "--out", str(tmp_path / "out"), timeout=60,
+              env={"PYTHONPATH": str(tmp_path)})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "bench: matplotlib is not installed; `make bench` installs it "
+        "(pip install -e '.[bench]')"]
+    assert not (tmp_path / "out").exists()
