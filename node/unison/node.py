@@ -125,7 +125,8 @@ class Node:
         cfg = self.config
         limit_accept_errors(asyncio.get_running_loop())
         self._http = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False,
-                                   keepalive_timeout=cfg.http.idle_timeout)
+                                   keepalive_timeout=cfg.http.idle_timeout,
+                                   lingering_time=1.0)  # reading what a refused body still sends
         await self._http.setup()
         site = BoundedSite(self._http, cfg.http, cfg.http.listen_ip, cfg.http_port,
                            reuse_address=True)

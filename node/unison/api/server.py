@@ -34,6 +34,7 @@ from unison.config import HttpConfig
 log = logging.getLogger(__name__)
 
 ACCEPT_LOG_INTERVAL = 10.0
+REFUSE_LINGER = 0.5  # seconds a refused connection may take to read its 503
 # File descriptors kept for everything but HTTP connections (RocksDB, gRPC, ZeroMQ, logs).
 RESERVED_FDS = 256
 _BUSY_BODY = (b'{"error":"server busy: too many connections (http_config.max_connections); '
@@ -44,21 +45,22 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 503 to a connection over the cap: after its first bytes (so the close
-    does not reset a request still unread), or after a second without any."""
+    """Answers 503 to a connection over the cap at once, half-closes, discards what the
+    client still sends (closing on unread bytes would reset the connection, and the
+    client could lose the 503), and closes after REFUSE_LINGER seconds at most."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: Any = transport
-        self._timer = asyncio.get_running_loop().call_later(1.0, self._answer)
+        transport.write(_BUSY)  # type: ignore[attr-defined]
+        transport.write_eof()  # type: ignore[attr-defined]
+        self._timer = asyncio.get_running_loop().call_later(REFUSE_LINGER, transport.close)
 
     def data_received(self, data: bytes) -> None:
-        self._answer()
+        pass
 
-    def _answer(self) -> None:
-        self._timer.cancel()
-        if not self.transport.is_closing():
-            self.transport.write(_BUSY)
-            self.transport.close()
+    def eof_received(self) -> bool:
+        self.transport.close()
+        return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._timer.cancel()

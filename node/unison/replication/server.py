@@ -99,6 +99,7 @@ class _Servicer(pb_grpc.ReplicationServicer):
         self.cfg = grpc_cfg or GrpcConfig()
         self._per_peer: dict[str, int] = {}  # open streams per peer address (not port)
         self.refused_streams = 0
+        self._built = _Built()
 
     async def _admit(self, context: grpc.aio.ServicerContext) -> str:
         """Count a new stream against grpc_config.max_streams and max_streams_per_peer
@@ -125,7 +126,6 @@ class _Servicer(pb_grpc.ReplicationServicer):
             self._per_peer[peer] = left
         else:
             release_memory()  # a peer's streams are gone: give their buffers back
-        self._built = _Built()
 
     async def _store(self, namespace: str, context: grpc.aio.ServicerContext) -> NamespaceStore:
         store = self.stores.get(namespace)
@@ -149,17 +149,21 @@ class _Servicer(pb_grpc.ReplicationServicer):
         store = await self._store(request.namespace, context)
         who = request.follower or context.peer()
         next_lsn = max(request.from_lsn, 1)
-        yield _identity(store, next_lsn)  # first: the follower checks it before applying anything
-        if next_lsn > store.last_lsn + 1:
-            # The follower has records this node never had: streaming on would mix two
-            # histories. Refuse loudly; the follower retries (this node may be catching up).
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"namespace {store.name}: follower asks from lsn {next_lsn} but this node's "
-                f"latest lsn is {store.last_lsn}")
-        log.info("replication: stream to %s opened (namespace %s, from lsn %d, latest %d)",
-                 who, store.name, next_lsn, store.last_lsn)
-        peer = await self._admit(context)
+        peer = await self._admit(context)  # refused before any message is sent
+        try:  # counted from here; released below
+            yield _identity(store, next_lsn)  # first: the follower checks it before applying anything
+            if next_lsn > store.last_lsn + 1:
+                # The follower has records this node never had: streaming on would mix two
+                # histories. Refuse loudly; the follower retries (this node may be catching up).
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"namespace {store.name}: follower asks from lsn {next_lsn} but this node's "
+                    f"latest lsn is {store.last_lsn}")
+            log.info("replication: stream to %s opened (namespace %s, from lsn %d, latest %d)",
+                     who, store.name, next_lsn, store.last_lsn)
+        except BaseException:
+            self._release(peer)
+            raise
         try:
             while True:  # each pass: follow the log until it is trimmed under us
                 try:
