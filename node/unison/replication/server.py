@@ -192,7 +192,10 @@ class _Servicer(pb_grpc.ReplicationServicer):
                     if isinstance(item, Heartbeat):
                         yield _heartbeat(item.durable_lsn)
                     else:
-                        yield self._built.message(store.name, item)
+                        msg = self._built.message(store.name, item)
+                        # While the peer has not taken it, hold only the encoded bytes.
+                        del item
+                        yield msg
         except StoreClosed:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"namespace {store.name}: node shutting down")

@@ -53,7 +53,9 @@ class CursorLimits:
 
 DEFAULT_LIMITS = CursorLimits()
 # Every stream's limits, in one place (the adapters may only change the heartbeat).
-REPLICATION_STREAM = CursorLimits(max_records=2000, max_bytes=2 * 1024 * 1024, heartbeat=1.0)
+# A replication batch is held (encoded) while its peer has not read it: about max_bytes
+# per stream that does not read, so it stays small (grpc_config.max_streams bounds them).
+REPLICATION_STREAM = CursorLimits(max_records=2000, max_bytes=512 * 1024, heartbeat=1.0)
 WATCH_STREAM = CursorLimits(max_records=500, max_bytes=1024 * 1024, heartbeat=10.0)
 # The notifier drains inside the commit path; it never waits, so it has no heartbeat.
 NOTIFIER = CursorLimits(max_records=1024, max_bytes=4 * 1024 * 1024, heartbeat=None)
