@@ -19,8 +19,9 @@ from aiohttp import web
 
 from unison.config import NodeConfig, load_config
 from unison.context import NodeContext
+from unison.crdt import stored as crdt_stored
 from unison.errors import ConfigError, StartupError
-from unison.storage import NamespaceStore
+from unison.storage import Merger, NamespaceStore
 
 if TYPE_CHECKING:  # imported when first needed: a replicator never loads the follower
     from unison.notify.publisher import Notifier
@@ -64,6 +65,8 @@ class Node:
             writable = frozenset(self.stores)
             for store in self.stores.values():
                 store.claim_history()  # a follower's copy restored here: a new epoch
+                if store.name in cfg.storage.crdt_merge_namespaces:
+                    store.merger = Merger(crdt_stored.PREFIXES, crdt_stored.merge_stored)
             if cfg.upstreams:
                 log.warning("relayer_config is ignored by a replicator; start with 'relayer' "
                             "to follow upstreams")

@@ -85,8 +85,11 @@ def test_relayer_sends_one_notification_per_write_on_dc1_in_lsn_order(cluster, z
     base = until_subscribed(dc1, DC1, sub)
 
     expected = []
-    for key in ("lww:user-status", "counter:page-views", "lww:feature:new-ui"):
-        assert dc1.put(DC1, key, '{"v": 1}')[0] == 200
+    # Valid CRDT values: the seed topology's datacenters merge CRDT writes.
+    lww, count = '{"value":1,"timestamp":1,"replica":"r"}', '{"replica":"r","count":1}'
+    for key, value in (("lww:user-status", lww), ("counter:page-views", count),
+                       ("lww:feature:new-ui", lww)):
+        assert dc1.put(DC1, key, value)[0] == 200
         expected.append((key, "put"))
     assert dc1.api("DELETE", kv_path(DC1, "counter:page-views"))[0] == 200
     expected.append(("counter:page-views", "delete"))

@@ -103,13 +103,14 @@ def test_seed_topology_relayer_sees_both_datacenters_and_is_read_only(
         node.wait_healthy()
     dc1, dc2, relayer = c["dc1"], c["dc2"], c["relayer"]
 
-    assert dc1.put(DC1, "lww:user-status", '{"value":"online"}')[0] == 200
+    status = '{"value":"online","timestamp":1,"replica":"ad-campaign-dc1"}'
+    assert dc1.put(DC1, "lww:user-status", status)[0] == 200
     assert dc2.put(DC2, "counter:page-views", '{"replica":"dc2","count":3}')[0] == 200
     wait_for(lambda: relayer.get(DC1, "lww:user-status") is not None, what="dc1 key on relayer",
              nodes=(relayer,))
     wait_for(lambda: relayer.get(DC2, "counter:page-views") is not None,
              what="dc2 key on relayer", nodes=(relayer,))
-    assert relayer.get(DC1, "lww:user-status") == b'{"value":"online"}'
+    assert relayer.get(DC1, "lww:user-status") == status.encode()
     assert relayer.get(DC2, "counter:page-views") == b'{"replica":"dc2","count":3}'
     relayer.wait_ready()
 
@@ -213,7 +214,7 @@ def test_two_hops_dc1_to_relayer_a_to_relayer_b(
     for node in (dc1, relay_a, relay_b):
         node.wait_healthy()
     write_batches(dc1, DC1, 2000, "hop-")
-    assert dc1.put(DC1, "lww:last", "x")[0] == 200
+    assert dc1.put(DC1, "last", "x")[0] == 200
     wait_for(lambda: converged(dc1, relay_b, DC1), what="second hop", nodes=(relay_a, relay_b))
     assert_identical(dc1, relay_b, DC1)
     assert_identical(relay_a, relay_b, DC1)

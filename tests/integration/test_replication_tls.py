@@ -191,12 +191,12 @@ def test_tls_between_node_processes(tmp_path: Path, pki: dict[str, str]) -> None
     try:
         dc1.start()
         relayer.start()
-        assert dc1.put("ad-campaign-dc1", "lww:tls", "secret")[0] == 200
+        assert dc1.put("ad-campaign-dc1", "tls-key", "secret")[0] == 200
         deadline = time.monotonic() + 20
-        while relayer.get("ad-campaign-dc1", "lww:tls") is None:
+        while relayer.get("ad-campaign-dc1", "tls-key") is None:
             assert time.monotonic() < deadline, relayer.logs()[-3000:]
             time.sleep(0.05)
-        assert relayer.get("ad-campaign-dc1", "lww:tls") == b"secret"
+        assert relayer.get("ad-campaign-dc1", "tls-key") == b"secret"
         assert "TLS, client certificates required" in dc1.logs()
     finally:
         relayer.stop()

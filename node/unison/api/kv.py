@@ -18,6 +18,8 @@ from aiohttp import web
 from unison.api.responses import JSON, ApiError, json_ok, success
 from unison.config.model import DEFAULT_MAX_KEY_BYTES
 from unison.context import NodeContext
+from unison.crdt import stored as crdt_stored
+from unison.crdt.values import MalformedValueError
 from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
 
 SCAN_DEFAULT_LIMIT = 1000
@@ -118,6 +120,17 @@ def put_value(raw: bytes) -> bytes:
     return decode_b64(body["value"], "value")
 
 
+def merged_mutation(key: bytes, value: bytes, field: str) -> Mutation:
+    """A PUT the writer merges (see unison.crdt.stored); its value must be a valid CRDT
+    value for the key (400 naming `field` otherwise)."""
+    try:
+        crdt_stored.check(key.decode("utf-8"), value)
+    except MalformedValueError as e:
+        raise ApiError(400, f"{field}: {e} (this namespace merges CRDT writes: "
+                            "storage_config.crdt_merge_namespaces)") from None
+    return Mutation(Op.PUT, key, value, [])
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "invalid JSON: request body is empty")
@@ -197,10 +210,23 @@ class KvRoutes:
         key = self._key(request)
         require_json(request)
         value = put_value(await self._raw_body(request))
+        merger = store.merger
+        if merger is not None and key.startswith(merger.prefixes):
+            return await self._merged_put(store, key, value)
         try:
             await store.submit([Mutation(Op.PUT, key, value)])
         except StoreClosed as e:  # shutting down, or a failed commit stopped writes
             raise ApiError(503, str(e)) from None
+        return success()
+
+    async def _merged_put(self, store: NamespaceStore, key: bytes, value: bytes) -> web.Response:
+        """A CRDT key of a crdt_merge namespace: the writer stores the join with the stored
+        value. The answer is UnisonDB's when the state changed, and says `"changed": false`
+        when it did not (a stale or repeated write)."""
+        mutation = merged_mutation(key, value, "value")
+        await self._write(store, [mutation])
+        if mutation.changed and not mutation.changed[0]:
+            return json_ok({"success": True, "changed": False})
         return success()
 
     async def get(self, request: web.Request) -> web.Response:
@@ -229,8 +255,17 @@ class KvRoutes:
         require_json(request)
         body = await self._body(request)
         mutations = parse_batch(body, self.max_key)
-        await self._write(store, mutations)
-        return json_ok({"success": True, "count": len(mutations)})
+        merger = store.merger
+        if merger is None:
+            await self._write(store, mutations)
+            return json_ok({"success": True, "count": len(mutations)})
+        merged = [merged_mutation(m.key, m.value, f"items[{i}].value")
+                  if m.op is Op.PUT and m.key.startswith(merger.prefixes) else m
+                  for i, m in enumerate(mutations)]
+        await self._write(store, merged)
+        unchanged = sum(1 for m in merged if m.changed and not m.changed[0])
+        return json_ok({"success": True, "count": len(mutations),
+                        **({"unchanged": unchanged} if unchanged else {})})
 
     # ------------------------------------------------------------ reads beyond UnisonDB
 

@@ -57,6 +57,9 @@ class StorageConfig:
     # write may wait for its WAL sync before it is answered 503 (and /readyz says why).
     max_pending_writes: int = 10000
     sync_timeout: float = 10.0
+    # Namespaces (of `namespaces`) whose PUTs of CRDT keys (lww:, counter:, pncounter:)
+    # are merged into the stored value instead of overwriting it (ours; unison.crdt.stored).
+    crdt_merge_namespaces: list[str] = field(default_factory=list)
     wal_cleanup: WalCleanupConfig = field(default_factory=WalCleanupConfig)
 
 

@@ -216,6 +216,7 @@ def _storage(s: _Section) -> StorageConfig:
         arena_size=s.size("arena_size", 4 * 1024 * 1024),
         max_pending_writes=s.int("max_pending_writes", 10000, lo=1),
         sync_timeout=s.duration("sync_timeout", 10.0),
+        crdt_merge_namespaces=s.namespaces("crdt_merge_namespaces"),
         wal_cleanup=WalCleanupConfig(
             enabled=w.bool("enabled", False),
             interval=w.duration("interval", 300.0),
@@ -227,6 +228,10 @@ def _storage(s: _Section) -> StorageConfig:
     )
     if not storage.namespaces:
         raise ConfigError("storage_config.namespaces: at least one namespace is required")
+    for i, ns in enumerate(storage.crdt_merge_namespaces):
+        if ns not in storage.namespaces:
+            raise ConfigError(f"storage_config.crdt_merge_namespaces[{i}]: {ns!r} is not one of "
+                              f"storage_config.namespaces {storage.namespaces}")
     # UnisonDB options with no meaning here: accepted, noted at debug level. bytes_per_sync
     # maps to RocksDB's option of that name and max_age/max_records to log retention;
     # RocksDB has no WAL segments or memtable arena of UnisonDB's kind.

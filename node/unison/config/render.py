@@ -76,6 +76,8 @@ def render_toml(cfg: NodeConfig) -> str:
         "arena_size": format_size(st.arena_size),
         "max_pending_writes": st.max_pending_writes,
         "sync_timeout": format_duration(st.sync_timeout),
+        **({"crdt_merge_namespaces": st.crdt_merge_namespaces}
+           if st.crdt_merge_namespaces else {}),
     })
     wc = st.wal_cleanup
     _table(lines, "storage_config.wal_cleanup_config", {

@@ -83,7 +83,10 @@ class GCounter:
         return Outcome.UNCHANGED if count == current else Outcome.STALE
 
     def apply(self, u: GCounterUpdate) -> Outcome:
-        return self.observe(u.replica, u.count)
+        if not u.others:
+            return self.observe(u.replica, u.count)
+        return _combine([self.observe(u.replica, u.count),
+                         *(self.observe(r, c) for r, c in u.others)])
 
     def merge(self, other: GCounter) -> Outcome:
         return _combine([self.observe(r, c) for r, c in other.counts.items()])
@@ -105,7 +108,9 @@ class PNCounter:
         return self.p.total - self.n.total
 
     def apply(self, u: PNCounterUpdate) -> Outcome:
-        return _combine([self.p.observe(u.replica, u.p), self.n.observe(u.replica, u.n)])
+        return _combine([self.p.observe(u.replica, u.p), self.n.observe(u.replica, u.n),
+                         *(o for r, p, n in u.others
+                           for o in (self.p.observe(r, p), self.n.observe(r, n)))])
 
     def merge(self, other: PNCounter) -> Outcome:
         return _combine([self.p.merge(other.p), self.n.merge(other.n)])

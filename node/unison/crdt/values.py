@@ -34,10 +34,13 @@ class LWWUpdate:
 
 @dataclass(frozen=True)
 class GCounterUpdate:
-    """`{"replica": str, "count": int}` (seed format): that replica's total so far."""
+    """`{"replica": str, "count": int}` (seed format): that replica's total so far.
+    A node that merges CRDT writes (storage_config.crdt_merge_namespaces) adds
+    `"counts": {replica: int}` once a key was written by more than one replica."""
 
     replica: str
     count: int
+    others: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class PNCounterUpdate:
     replica: str
     p: int
     n: int
+    # `"pn": {replica: {"p": int, "n": int}}`, as `counts` of a G-counter.
+    others: tuple[tuple[str, int, int], ...] = ()
 
 
 def decode_base64(key: str, text: str | bytes) -> bytes:
@@ -136,15 +141,34 @@ def parse_lww(key: str, doc: dict[str, Any]) -> LWWUpdate:
     )
 
 
+def _replica_map(key: str, doc: dict[str, Any], name: str) -> dict[str, Any]:
+    v = doc.get(name, {})
+    if not isinstance(v, dict) or not all(isinstance(r, str) and r for r in v):
+        raise MalformedValueError(key, f"field {name!r} must be an object keyed by replica, "
+                                       f"got {_json_type(v)}")
+    return v
+
+
 def parse_gcounter(key: str, doc: dict[str, Any]) -> GCounterUpdate:
-    return GCounterUpdate(replica=_replica(key, doc), count=_non_negative_int(key, doc, "count"))
+    counts = _replica_map(key, doc, "counts")
+    others = tuple((r, _non_negative_int(key, counts, r)) for r in sorted(counts))
+    return GCounterUpdate(replica=_replica(key, doc), count=_non_negative_int(key, doc, "count"),
+                          others=others)
 
 
 def parse_pncounter(key: str, doc: dict[str, Any]) -> PNCounterUpdate:
+    pn = _replica_map(key, doc, "pn")
+    others = []
+    for r in sorted(pn):
+        if not isinstance(pn[r], dict):
+            raise MalformedValueError(key, f"field 'pn' entry {r!r} must be an object "
+                                           "{\"p\": int, \"n\": int}")
+        others.append((r, _non_negative_int(key, pn[r], "p"), _non_negative_int(key, pn[r], "n")))
     return PNCounterUpdate(
         replica=_replica(key, doc),
         p=_non_negative_int(key, doc, "p"),
         n=_non_negative_int(key, doc, "n"),
+        others=tuple(others),
     )
 
 

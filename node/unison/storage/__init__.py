@@ -4,9 +4,9 @@ from unison.storage.cursor import Commit, CommittedBatch, CursorLimits, Heartbea
 from unison.storage.engine import NamespaceStore
 from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed, WriteUnavailable
 from unison.storage.records import CorruptRecord, Op, Record
-from unison.storage.writer import Mutation
+from unison.storage.writer import Merger, Mutation
 
 __all__ = ["Commit", "CommittedBatch", "CorruptRecord", "CursorLimits",
            "Heartbeat", "LogCursor", "LogTrimmed",
-           "Mutation", "NamespaceStore", "Op", "OutOfOrder", "Record", "StoreClosed",
+           "Merger", "Mutation", "NamespaceStore", "Op", "OutOfOrder", "Record", "StoreClosed",
            "WriteUnavailable"]

@@ -49,7 +49,7 @@ from unison.storage.layout import (
 )
 from unison.storage.records import CorruptRecord, Op, Record, encode_record, lsn_key, lsn_of
 from unison.storage.wal_sync import WalSyncer, WalSyncerGone
-from unison.storage.writer import GroupCommitWriter, Mutation
+from unison.storage.writer import GroupCommitWriter, Merger, Mutation
 
 __all__ = ["CommitListener", "LogTrimmed", "Mutation", "NamespaceStore", "OutOfOrder",
            "StoreClosed", "StoreStats"]
@@ -103,6 +103,8 @@ class NamespaceStore:
         # further write is taken until a restart recovers the LSN from what is on disk.
         self.failed: str | None = None
         self.data_cf = DATA_CF  # the live data column family (see snapshot.py)
+        # Set by the node for a namespace whose CRDT writes are merged (crdt_merge).
+        self.merger: Merger | None = None
         # Bounds on local writes (storage_config): queued writes beyond max_pending_writes
         # are refused; a WAL sync slower than sync_timeout (seconds, 0: no bound) fails
         # its writes with 503 and sets `stalled` (reported by /readyz) until it completes.

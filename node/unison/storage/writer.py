@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from rocksdict import WriteBatch
@@ -36,6 +37,18 @@ class Mutation(NamedTuple):  # a tuple: built on every PUT, cheaper than a datac
     op: Op
     key: bytes
     value: bytes = b""
+    # With a Merger: the writer appends whether this PUT changed the key's state.
+    changed: list[bool] | None = None
+
+
+class Merger(NamedTuple):
+    """Merging PUTs of some keys into their stored value (CRDT state, see
+    unison.crdt.stored): `merge(key, stored or None, written)` -> (value to store,
+    changed?). The writer calls it while taking a group, so merges of one key are
+    serialized with every other write of it."""
+
+    prefixes: tuple[bytes, ...]
+    merge: Callable[[bytes, bytes | None, bytes], tuple[bytes, bool]]
 
 
 # A queued local write: its mutations and the future its writer awaits.
@@ -203,7 +216,11 @@ class GroupCommitWriter:
         data_h, log_h = store._data_h, store._log_h
         records: list[Record] | None = [] if store.feed.active else None
         size = puts = taken = 0
+        merger = store.merger
+        overlay: dict[bytes, bytes | None] = {}  # merged values earlier in this group
         for mutations, _ in queue:
+            if merger is not None:
+                self._merge(merger, mutations, overlay)
             for m in mutations:
                 op, key, value = m.op, m.key, m.value
                 if op is Op.PUT:
@@ -227,6 +244,26 @@ class GroupCommitWriter:
             del queue[:taken]
         self._inflight = group
         return _Group(group, wb, first, lsn - 1, ts, size, puts, records)
+
+    def _merge(self, merger: Merger, mutations: list[Mutation],
+               overlay: dict[bytes, bytes | None]) -> None:
+        """Replace each PUT of a merged key by its merge with the key's current value (the
+        store's, or an earlier write's in this group), in place."""
+        data = self.store._data
+        for i, m in enumerate(mutations):
+            key = m.key
+            if not key.startswith(merger.prefixes):
+                continue
+            if m.op is not Op.PUT:
+                overlay[key] = None
+                continue
+            current = overlay[key] if key in overlay else data.get(key)
+            value, changed = merger.merge(key, current, m.value)
+            if m.changed is not None:
+                m.changed.append(changed)
+            if value is not m.value:
+                mutations[i] = Mutation(Op.PUT, key, value, m.changed)
+            overlay[key] = value
 
     @staticmethod
     def _acknowledge(group: list[_Pending], lsn: int) -> None:

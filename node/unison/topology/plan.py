@@ -184,7 +184,9 @@ def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable
         http_port=http,
         grpc=GrpcConfig(port=grpc, allow_insecure=True),
         http=HttpConfig(listen_ip=ALL_INTERFACES),
-        storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces),
+        # CRDT writes merged on the node (monotone stored state): on for every datacenter.
+        storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces,
+                              crdt_merge_namespaces=list(namespaces)),
         log=LogConfig(log_level=log_level),
         source=f"<{name}>",
     )
