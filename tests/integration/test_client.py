@@ -59,6 +59,7 @@ class FakeRelayer:
     namespaces: tuple[str, ...] = (DC1, DC2)
     data: dict[str, dict[str, str]] = field(default_factory=dict)
     lsn: dict[str, int] = field(default_factory=dict)
+    min_lsns: list[str | None] = field(default_factory=list)  # each read's ?min_lsn
     runner: web.AppRunner | None = None
     port: int = 0
 
@@ -87,13 +88,26 @@ class FakeRelayer:
             )
         return ns
 
+    def _behind(self, request: web.Request, ns: str) -> web.Response | None:
+        """As a node answers a read at an LSN it does not hold yet (after its wait)."""
+        wanted = request.query.get("min_lsn")
+        self.min_lsns.append(wanted)
+        if wanted is not None and int(wanted) > self.lsn[ns]:
+            return web.json_response({"error": "behind", "lsn": self.lsn[ns],
+                                      "min_lsn": int(wanted)}, status=503)
+        return None
+
     async def get(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
+        if (behind := self._behind(request, ns)) is not None:
+            return behind
         value = self.data[ns].get(request.match_info["key"])
         return web.json_response({"value": value or "", "found": value is not None})
 
     async def scan(self, request: web.Request) -> web.Response:
         ns = self._ns(request)
+        if (behind := self._behind(request, ns)) is not None:
+            return behind
         prefix = request.query.get("prefix", "")
         after = request.query.get("after")
         limit = int(request.query.get("limit", "1000"))
@@ -412,6 +426,27 @@ async def test_seq_gap_triggers_a_rescan(relayer, notifier, start_client) -> Non
     assert state["counters"]["counter:silent"] == {"counts": {DC1: 7}, "total": 7}
     assert state["lww"]["lww:loud"]["value"] == "x"
     await client.saw("seq_num gap: expected 1, got 2", "stderr")
+
+
+async def test_reads_at_the_notifications_lsn_so_a_lagging_replica_loses_nothing(
+        relayer, notifier, start_client) -> None:
+    """Behind a Service, the relayer replica that answers may lag the one that notified:
+    the client reads at least at the notification's seq_num, so the lagging one answers
+    503 (not "not found") and the client rescans until a replica has it."""
+    client = await start_client("--resync-interval", "0")  # no offset checks: only this
+    await client.wait_ready()
+    seq = relayer.put(DC1, "lww:first", {"value": 1, "timestamp": 1, "replica": DC1})
+    await publish_until(notifier, DC1, "lww:first", seq,
+                        lambda: _state_with(client, "lww", "lww:first"), "the first write")
+    assert str(seq) in relayer.min_lsns  # the fetch asked for the notification's LSN
+
+    # A write this replica has not applied yet, notified by one that has.
+    await notifier.send(DC1, "lww:late", seq + 1)
+    await eventually(lambda: str(seq + 1) in relayer.min_lsns, "a read at the new LSN")
+    assert await _state_with(client, "lww", "lww:late") is None
+    relayer.put(DC1, "lww:late", {"value": 2, "timestamp": 2, "replica": DC1})  # catches up
+    state = await eventually(lambda: _state_with(client, "lww", "lww:late"), "the late write")
+    assert state["lww"]["lww:late"]["value"] == 2
 
 
 async def _state_with(client: ClientProcess, section: str, key: str) -> dict[str, Any] | None:

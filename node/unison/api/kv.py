@@ -23,6 +23,9 @@ from unison.crdt.values import MalformedValueError
 from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
 
 SCAN_DEFAULT_LIMIT = 1000
+# Reads at an LSN: how long a replica that is behind waits before it answers 503.
+MIN_LSN_HEADER = "X-Unison-Min-LSN"
+MIN_LSN_WAIT_S = 2.0
 SCAN_MAX_LIMIT = 10000
 # Scans bigger than this run off the event loop so they do not stall other requests.
 _SCAN_INLINE_LIMIT = 100
@@ -203,6 +206,28 @@ class KvRoutes:
         except StoreClosed as e:  # shutting down, or a failed commit stopped writes
             raise ApiError(503, str(e)) from None
 
+    async def _at_least(self, store: NamespaceStore, request: web.Request) -> web.Response | None:
+        """A read "at least at LSN n" (`?min_lsn=n` or the X-Unison-Min-LSN header): a
+        replica behind waits up to MIN_LSN_WAIT_S for it, then answers 503 naming its LSN.
+        None: serve the read."""
+        text = request.query.get("min_lsn", request.headers.get(MIN_LSN_HEADER))
+        if text is None:
+            return None
+        wanted = _int_param(text, "min_lsn", 0, 0, 2**63 - 1)
+        if store.last_lsn >= wanted:
+            return None
+        try:
+            async with asyncio.timeout(MIN_LSN_WAIT_S):
+                await store.wait_beyond(wanted - 1)
+        except TimeoutError:
+            pass
+        lsn = store.last_lsn
+        if lsn >= wanted:
+            return None
+        return json_ok({"error": f"namespace {store.name} is at lsn {lsn}, behind min_lsn "
+                                 f"{wanted} (waited {MIN_LSN_WAIT_S:g}s); retry, or read "
+                                 "another replica", "lsn": lsn, "min_lsn": wanted}, 503)
+
     # ------------------------------------------------------------ single keys
 
     async def put(self, request: web.Request) -> web.Response:
@@ -231,7 +256,12 @@ class KvRoutes:
 
     async def get(self, request: web.Request) -> web.Response:
         store = self._store(request)
-        value = store.get(self._key(request))
+        key = self._key(request)
+        if request.query_string or MIN_LSN_HEADER in request.headers:
+            behind = await self._at_least(store, request)
+            if behind is not None:
+                return behind
+        value = store.get(key)
         if value is None:
             return web.Response(body=b'{"value":"","found":false}', content_type=JSON)
         # base64 needs no JSON escaping, so the body is assembled directly.
@@ -271,6 +301,9 @@ class KvRoutes:
 
     async def scan(self, request: web.Request) -> web.Response:
         store = self._store(request)
+        behind = await self._at_least(store, request)
+        if behind is not None:
+            return behind
         q = request.query
         prefix = q.get("prefix", "").encode("utf-8", "surrogatepass")
         after_text = q.get("after")

@@ -47,10 +47,14 @@ class RelayerAPI:
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise RelayerError(f"GET {url}: {type(exc).__name__}: {exc}") from None
 
-    async def get(self, ns: str, key: str) -> str | None:
-        """The key's base64 value, or None when the relayer does not have it."""
+    async def get(self, ns: str, key: str, min_lsn: int | None = None) -> str | None:
+        """The key's base64 value, or None when the relayer does not have it. With
+        `min_lsn` (a notification's seq_num), from a relayer at that LSN at least: one
+        behind waits a little, then answers 503 (a RelayerError), so a relayer replica
+        that lags behind the one that notified never serves an older value."""
         url = self._url(ns, "kv", key)
-        status, doc = await self._get_json(url)
+        status, doc = await self._get_json(url, None if min_lsn is None
+                                           else {"min_lsn": str(min_lsn)})
         _raise_if_namespace_missing(url, status, doc)
         if status == 404:
             return None
@@ -63,13 +67,17 @@ class RelayerAPI:
             raise RelayerError(f"GET {url}: 'value' is not a string: {value!r:.100}")
         return value
 
-    async def scan(self, ns: str, prefix: str = "") -> AsyncIterator[tuple[str, Any]]:
+    async def scan(self, ns: str, prefix: str = "",
+                   min_lsn: int | None = None) -> AsyncIterator[tuple[str, Any]]:
         """Every (key, base64 value) under prefix, paging with `after`. Values are passed
-        on unchecked: a bad one is the CRDT layer's to report, with its key."""
+        on unchecked: a bad one is the CRDT layer's to report, with its key. `min_lsn`:
+        as for get()."""
         url = self._url(ns, "kv")
         after: str | None = None
         while True:
             params = {"prefix": prefix, "limit": str(SCAN_PAGE)}
+            if min_lsn:
+                params["min_lsn"] = str(min_lsn)
             if after is not None:
                 params["after"] = after
             status, doc = await self._get_json(url, params)

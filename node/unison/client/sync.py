@@ -208,7 +208,7 @@ class NamespaceSync:
         if n.entry_type != "kv":
             log.info("%s: ignoring %s entry for key %r", self.ns, n.entry_type, n.key)
         elif n.operation == "put":
-            await self.fetch_and_merge(n.key)
+            await self.fetch_and_merge(n.key, n.seq_num)
         elif n.operation == "delete":
             self.metrics.inc("unison_client_deletes_total", namespace=self.ns)
             log.info(
@@ -253,9 +253,11 @@ class NamespaceSync:
             self.printer.show(output.apply_result(result))
         return result.outcome
 
-    async def fetch_and_merge(self, key: str) -> None:
+    async def fetch_and_merge(self, key: str, seq_num: int | None = None) -> None:
         try:
-            value = await self.api.get(self.ns, key)
+            # At least at the notification's LSN: any relayer replica behind the Service
+            # answers with the notified value or newer, or 503 (then: rescan later).
+            value = await self.api.get(self.ns, key, seq_num)
         except RelayerError as exc:
             self.metrics.inc("unison_client_relayer_errors_total", namespace=self.ns)
             log.warning("%s: could not fetch %r (%s); will rescan", self.ns, key, exc)
@@ -352,7 +354,7 @@ class NamespaceSync:
     async def _scan_all(self) -> dict[str, int]:
         counts = {"keys": 0, "updated": 0, "malformed": 0}
         for kind in Kind:
-            async for key, value in self.api.scan(self.ns, kind.value):
+            async for key, value in self.api.scan(self.ns, kind.value, self.last_seq):
                 counts["keys"] += 1
                 outcome = self.merge(key, value, verbose=False)
                 if outcome is None:
