@@ -17,6 +17,7 @@ from time import perf_counter
 
 from aiohttp import web
 
+from unison.api.auth import guard, load_tokens
 from unison.api.kv import KvRoutes, body_too_large
 from unison.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from unison.api.metrics import RequestCounter, node_registry
@@ -131,24 +132,26 @@ def build_app(ctx: NodeContext) -> web.Application:
     async def openapi_json(request: web.Request) -> web.Response:
         return json_bytes(200, openapi)
 
+    tokens = load_tokens(ctx.config.http)  # StartupError naming the key if unreadable
+    read, write = guard(tokens, "read"), guard(tokens, "write")
     base = "/api/v1/{ns}"
     r = app.router
     # Single keys first: they are the hot path, and resolution tries resources in this
     # order. POST .../kv/batch still reaches the batch route (the key resource has no
     # POST, so the router moves on), and PUT/GET/DELETE of a key named "batch" work.
-    r.add_put(f"{base}/kv/{{key:.+}}", observe(kv.put))
-    r.add_get(f"{base}/kv/{{key:.+}}", observe(kv.get))
-    r.add_delete(f"{base}/kv/{{key:.+}}", observe(kv.delete))
-    r.add_post(f"{base}/kv/batch", observe(kv.batch))
+    r.add_put(f"{base}/kv/{{key:.+}}", observe(write(kv.put)))
+    r.add_get(f"{base}/kv/{{key:.+}}", observe(read(kv.get)))
+    r.add_delete(f"{base}/kv/{{key:.+}}", observe(write(kv.delete)))
+    r.add_post(f"{base}/kv/batch", observe(write(kv.batch)))
     for method in ("GET", "PUT", "DELETE"):
-        r.add_route(method, f"{base}/kv/", observe(kv.empty_key))
-    r.add_get(f"{base}/kv", observe(kv.scan))
-    r.add_get(f"{base}/offset", observe(kv.offset))
-    r.add_get(f"{base}/stats", observe(kv.stats))
+        r.add_route(method, f"{base}/kv/", observe(read(kv.empty_key)))
+    r.add_get(f"{base}/kv", observe(read(kv.scan)))
+    r.add_get(f"{base}/offset", observe(read(kv.offset)))
+    r.add_get(f"{base}/stats", observe(read(kv.stats)))
     r.add_get("/healthz", observe(healthz))
     r.add_get("/readyz", observe(readyz))
-    r.add_get("/metrics", observe(metrics))
+    r.add_get("/metrics", observe(read(metrics)))
     r.add_get("/openapi.json", observe(openapi_json))
-    add_watch_routes(app, ctx, wrap=observe)
+    add_watch_routes(app, ctx, wrap=lambda handler: observe(read(handler)))
     r.add_route("*", "/{path:.*}", observe.unmatched)  # last: whatever no route took
     return app
