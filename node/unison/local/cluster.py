@@ -196,8 +196,8 @@ def plan_local(manifest: dict[str, Any], source: str, *, data_dir: str | Path | 
             cfg.grpc.port += port_offset
         for n in cfg.notifiers:
             n.bind_port += port_offset
-        # HTTP and gRPC answer on loopback only; the relayer's ZeroMQ notifiers bind every
-        # interface (tcp://*:<port>, as UnisonDB's do).
+        # HTTP, gRPC and the relayer's ZeroMQ notifiers (which bind the HTTP listen_ip)
+        # answer on loopback only.
         cfg.http.listen_ip = HOST
         cfg.grpc.listen_ip = HOST
         nodes.append(LocalNode(plan, root / f"{plan.name}.toml", root / f"{plan.name}.log"))
