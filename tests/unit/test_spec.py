@@ -44,6 +44,19 @@ def test_a_bare_spec_gets_every_default() -> None:
     assert c.relayer.storage.size == "1Gi"
 
 
+def test_crdt_merge_is_on_by_default_and_can_be_turned_off_per_datacenter() -> None:
+    seed = load_cluster(EXAMPLE).plan(base_dir="/d")
+    assert [p.config.storage.crdt_merge_namespaces for p in seed] == [
+        ["ad-campaign-dc1"], ["ad-campaign-dc2"], []]  # the relayer only follows
+    c = parse_cluster({"datacenters": [{"name": "east", "namespaces": ["a"]},
+                                       {"name": "west", "namespaces": ["b"], "crdtMerge": False}]})
+    assert [dc.crdt_merge for dc in c.datacenters] == [True, False]
+    assert [p.config.storage.crdt_merge_namespaces for p in c.plan(base_dir="/d")] == [
+        ["a"], [], []]
+    with pytest.raises(SpecError, match=r"spec.datacenters\[0\].crdtMerge: expected true or false"):
+        parse_cluster({"datacenters": [{"name": "east", "namespaces": ["a"], "crdtMerge": 1}]})
+
+
 def test_local_plan_matches_the_seed_ports(tmp_path: Path) -> None:
     plans = load_cluster(EXAMPLE).plan(base_dir=tmp_path)
     assert [(p.name, p.role, p.http_port, p.grpc_port) for p in plans] == [

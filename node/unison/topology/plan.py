@@ -7,7 +7,7 @@ address the relayer dials.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from unison.config.model import (
@@ -129,6 +129,7 @@ def plan_cluster(
     upstream_address: Callable[[str, int], str],
     log_level: str = "info",
     allocation: PortAllocation | None = None,
+    crdt_merge: Collection[str] | None = None,
 ) -> list[NodePlan]:
     """The nodes of a cluster: one primary per datacenter, then one relayer.
 
@@ -142,10 +143,14 @@ def plan_cluster(
     Without `allocation` the i-th node (datacenters in order, then the relayer) gets index
     i. With one, nodes and namespaces it lists keep their ports and new ones get the lowest
     free index or notifier port.
+
+    `crdt_merge` names the datacenters whose namespaces merge CRDT writes
+    (storage_config.crdt_merge_namespaces); None: every datacenter (the default).
     """
     indices = _node_indices([name for name, _ in datacenters] + [RELAYER_NAME],
                             allocation.indices if allocation else {})
-    plans = [_datacenter(name, list(namespaces), indices[name], base_dir, log_level)
+    plans = [_datacenter(name, list(namespaces), indices[name], base_dir, log_level,
+                         crdt_merge is None or name in crdt_merge)
              for name, namespaces in datacenters]
     by_name = {p.name: p for p in plans}
     index = indices[RELAYER_NAME]
@@ -177,16 +182,16 @@ def plan_cluster(
 
 
 def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable[[str], str],
-                log_level: str) -> NodePlan:
+                log_level: str, crdt_merge: bool = True) -> NodePlan:
     """A datacenter's primary: writable, plaintext gRPC (asked for: no certificates)."""
     http, grpc = node_ports(index)
     cfg = NodeConfig(
         http_port=http,
         grpc=GrpcConfig(port=grpc, allow_insecure=True),
         http=HttpConfig(listen_ip=ALL_INTERFACES),
-        # CRDT writes merged on the node (monotone stored state): on for every datacenter.
+        # CRDT writes merged on the node (monotone stored state), unless turned off.
         storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces,
-                              crdt_merge_namespaces=list(namespaces)),
+                              crdt_merge_namespaces=list(namespaces) if crdt_merge else []),
         log=LogConfig(log_level=log_level),
         source=f"<{name}>",
     )

@@ -108,6 +108,8 @@ class DatacenterSpec:
     storage: StorageSpec = field(default_factory=StorageSpec)
     resources: dict[str, dict[str, str]] = field(default_factory=dict)
     placement: PlacementSpec = field(default_factory=PlacementSpec)
+    # PUTs of CRDT keys merged into the stored value (storage_config.crdt_merge_namespaces)
+    crdt_merge: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ class ClusterSpec:
             upstream_address=address,
             log_level=self.log_level,
             allocation=allocation,
+            crdt_merge={dc.name for dc in self.datacenters if dc.crdt_merge},
         )
 
 
@@ -327,7 +330,8 @@ def _placement(d: Mapping[str, Any], path: str) -> PlacementSpec:
 
 def _datacenter(data: Any, path: str) -> DatacenterSpec:
     d = _mapping(data, path)
-    _known(d, path, ("name", "namespaces", "storage", "resources", "nodeSelector", "zone"))
+    _known(d, path, ("name", "namespaces", "crdtMerge", "storage", "resources", "nodeSelector",
+                     "zone"))
     name = _str(d, "name", path, required=True)
     assert name is not None
     if not DNS_LABEL_RE.match(name) or len(name) > 30:
@@ -352,6 +356,7 @@ def _datacenter(data: Any, path: str) -> DatacenterSpec:
         storage=_storage(d.get("storage"), f"{path}.storage"),
         resources=_resources(d.get("resources"), f"{path}.resources"),
         placement=_placement(d, path),
+        crdt_merge=_bool(d, "crdtMerge", path, True),
     )
 
 
