@@ -206,9 +206,10 @@ def test_deployment_runs_the_operator_with_the_chosen_watch_scope(scope: str) ->
         assert args.all_namespaces and not args.namespace
     else:
         assert args.namespace == ["campaigns"] and not args.all_namespaces
-    probe_port = container["livenessProbe"]["httpGet"]["port"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert args.liveness.endswith(f":{ports[probe_port]}/healthz")
+    for probe in ("livenessProbe", "readinessProbe"):  # both on the endpoint kopf serves
+        get = container[probe]["httpGet"]
+        assert args.liveness.endswith(f":{ports[get['port']]}{get['path']}"), probe
 
 
 def test_image_and_tag_come_from_values() -> None:
