@@ -18,6 +18,7 @@ from time import perf_counter
 from aiohttp import web
 
 from unison.api.auth import guard, load_tokens
+from unison.api.converged import add_converged_route
 from unison.api.kv import KvRoutes, body_too_large
 from unison.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from unison.api.metrics import RequestCounter, node_registry
@@ -153,5 +154,6 @@ def build_app(ctx: NodeContext) -> web.Application:
     r.add_get("/metrics", observe(read(metrics)))
     r.add_get("/openapi.json", observe(openapi_json))
     add_watch_routes(app, ctx, wrap=lambda handler: observe(read(handler)))
+    add_converged_route(app, ctx, wrap=lambda handler: observe(read(handler)))
     r.add_route("*", "/{path:.*}", observe.unmatched)  # last: whatever no route took
     return app

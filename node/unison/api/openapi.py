@@ -130,8 +130,17 @@ def _namespace_paths() -> dict[str, Any]:
 
 
 def _node_paths() -> dict[str, Any]:
-    """Health, readiness, metrics and this document."""
+    """Converged CRDT reads, health, readiness, metrics and this document."""
     return {
+        "/crdt/{key}": {
+            "parameters": [_KEY],
+            "get": {
+                "summary": "A CRDT key (lww:, counter:, pncounter:) merged across every "
+                           "namespace this node holds, with each namespace's LSN.",
+                "responses": {"200": _json(_ref("Converged"), "The merged value."),
+                              "400": _BAD},
+            },
+        },
         "/healthz": {"get": {"summary": "200 while the process is up.",
                              "responses": {"200": _json({"type": "object"}, "Alive.")}}},
         "/readyz": {"get": {
@@ -149,6 +158,16 @@ def _node_paths() -> dict[str, Any]:
 
 def _schemas() -> dict[str, Any]:
     return {
+        "Converged": {"type": "object", "properties": {
+            "key": {"type": "string"},
+            "type": {"type": "string", "enum": ["lww", "counter", "pncounter"]},
+            "found": {"type": "boolean"},
+            "value": {"type": "object", "nullable": True,
+                      "description": "As the client's /state shows this key."},
+            "namespaces": {"type": "object", "additionalProperties": {
+                "type": "object", "properties": {
+                    "lsn": {"type": "integer"}, "found": {"type": "boolean"},
+                    "skipped": {"type": "string"}}}}}},
         "Error": {"type": "object", "required": ["error"],
                   "properties": {"error": {"type": "string"}}},
         "Success": {"type": "object", "properties": {"success": {"type": "boolean"}}},
