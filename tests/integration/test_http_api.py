@@ -173,6 +173,20 @@ def test_bad_put_bodies_are_400_and_write_nothing(node: NodeProcess, raw: bytes,
     assert node.get(NS, "bad-body") is None
 
 
+def test_a_body_cut_where_base64_wraps_says_so(node: NodeProcess) -> None:
+    """The seed's `-d '{"value": "'$(echo -n ... | base64)'"}'`: GNU base64 wraps at 76
+    columns, the shell splits the unquoted $(...) there, and the node receives the JSON
+    cut after the first line. The error says what happened and how to fix it."""
+    line = base64.encodebytes(json.dumps(
+        {"value": "online", "timestamp": 1698765432000, "replica": NS}).encode()).split()[0]
+    assert len(line) == 76
+    status, body = put_raw(node, "lww:user-status", b'{"value": "' + line)
+    assert status == 400 and body["error"].startswith("invalid JSON: "), body
+    assert "76 characters" in body["error"] and "base64 -w0" in body["error"], body
+    # Other broken bodies get no such hint.
+    assert "base64 -w0" not in put_raw(node, "k", b'{"value": "aGk')[1]["error"]
+
+
 @pytest.mark.parametrize("raw", [
     b'{"value":"aGk="}',
     b'{"value": "aGk="}',

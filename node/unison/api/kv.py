@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import json
+import re
 from typing import Any
 
 import pybase64
@@ -134,6 +135,20 @@ def merged_mutation(key: bytes, value: bytes, field: str) -> Mutation:
     return Mutation(Op.PUT, key, value, [])
 
 
+# A body cut right after a whole number of 76-character base64 lines: what the seed's
+# `-d '{"value": "'$(... | base64)'"}'` sends, since GNU base64 wraps at 76 columns and
+# the shell splits the unquoted $(...) there.
+_CUT_AT_WRAP = re.compile(rb'^\s*\{\s*"value"\s*:\s*"([A-Za-z0-9+/]+)\s*$')
+
+
+def _wrapped_base64_hint(raw: bytes) -> str:
+    cut = _CUT_AT_WRAP.match(raw)
+    if cut is None or len(cut.group(1)) % 76:
+        return ""
+    return (f" (the value stops after {len(cut.group(1))} characters, where GNU base64 "
+            "wraps its lines: pipe through `base64 -w0`, or quote the $(...))")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw:
         raise ApiError(400, "invalid JSON: request body is empty")
@@ -144,7 +159,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ApiError(400, "invalid JSON: body is not UTF-8") from None
     except ValueError as e:
-        raise ApiError(400, f"invalid JSON: {e}") from None
+        raise ApiError(400, f"invalid JSON: {e}{_wrapped_base64_hint(raw)}") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"invalid JSON: expected an object, got {_json_type(body)}")
     return body
