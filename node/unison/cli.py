@@ -21,6 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# What may start a `unisondb` command line: it runs a node, so `unison` does too.
+NODE_SPELLINGS = frozenset({"-config", "--config", "-c", "replicator", "relayer", "server",
+                            "replica", "relay"})
+
+
 def available() -> dict[str, tuple[str, str]]:
     """Subcommands whose module is present in this installation."""
     out = {}
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"unison {__version__}")
         return 0
+    if args[0] in NODE_SPELLINGS:  # UnisonDB's own spellings: `unisondb -config F relayer`
+        args = ["node", *args]
     cmds = available()
     if args[0] not in cmds:
         print(f"unison: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)

@@ -33,6 +33,8 @@ __all__ = ["Node", "NodeContext", "StartupError", "main"]
 log = logging.getLogger("unison.node")
 
 ROLES = ("replicator", "relayer")
+# UnisonDB's current command names for the same two roles (the seed uses the ones above).
+ROLE_ALIASES = {"server": "replicator", "replica": "relayer", "relay": "relayer"}
 
 
 class Node:
@@ -195,8 +197,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # UnisonDB spells it -config; keep that, and the usual --config.
     p.add_argument("-config", "--config", "-c", dest="config", required=True, metavar="FILE",
                    help="UnisonDB-style TOML config file")
-    p.add_argument("role", choices=ROLES, help="node role")
-    return p.parse_args(argv)
+    p.add_argument("role", choices=ROLES + tuple(ROLE_ALIASES),
+                   help="node role (UnisonDB's newer names: server = replicator, "
+                   "replica or relay = relayer)")
+    args = p.parse_args(argv)
+    args.role = ROLE_ALIASES.get(args.role, args.role)
+    return args
 
 
 async def _serve(node: Node) -> None:

@@ -78,3 +78,22 @@ def test_render_needs_no_operator_extra(tmp_path: Path) -> None:
     r = _without_operator_extra(tmp_path, "render", str(example))
     assert r.returncode == 0, r.stderr
     assert "kind: StatefulSet" in r.stdout
+
+
+@pytest.mark.parametrize("spelling,role", [("replicator", "replicator"), ("relayer", "relayer"),
+                                           ("server", "replicator"), ("replica", "relayer"),
+                                           ("relay", "relayer")])
+def test_node_roles_in_the_seeds_and_unisondbs_current_names(spelling: str, role: str) -> None:
+    from unison.node import parse_args
+
+    assert parse_args(["-config", "dc1.toml", spelling]).role == role
+
+
+def test_a_unisondb_command_line_runs_a_node(tmp_path: Path) -> None:
+    """`unison -config F relayer`, as the seed runs `./unisondb -config F relayer`."""
+    missing = tmp_path / "nope.toml"
+    for argv in (["-config", str(missing), "relayer"], ["server", "-config", str(missing)]):
+        r = unison(*argv)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert r.stderr.strip() == (f"unison node: {missing}: cannot read config file: "
+                                    "No such file or directory"), r.stderr
