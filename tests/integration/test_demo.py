@@ -36,7 +36,9 @@ def seed_ports() -> Iterator[None]:
 
 def test_make_demo_runs_the_seed_story_and_passes(seed_ports: None, tmp_path: Path) -> None:
     free_before = [p for p in SEED_PORTS if port_free(p)]
-    r = subprocess.run([sys.executable, "-m", "unison.cli", "demo"], cwd=REPO, text=True,
+    script = Path(sys.executable).parent / "unison"  # what `make demo` runs
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "unison.cli"]
+    r = subprocess.run([*argv, "demo"], cwd=REPO, text=True,
                        capture_output=True, timeout=240,
                        env={**os.environ, "PYTHONUNBUFFERED": "1", "TMPDIR": str(tmp_path)})
     out = r.stdout
@@ -61,6 +63,11 @@ def test_make_demo_runs_the_seed_story_and_passes(seed_ports: None, tmp_path: Pa
     for n in range(1, 6):
         assert f"Scenario {n}: " in out
     assert "FAIL" not in out
+    # The closing hint names a command that runs from here (the venv is not on PATH).
+    hint = re.search(r"To keep a cluster running: (\S+) up examples/ad-campaign.yaml", out)
+    assert hint, out
+    if script.exists():
+        assert (REPO / hint.group(1)).resolve() == script.resolve(), hint.group(1)
     if len(free_before) == len(SEED_PORTS):
         # It started its own cluster: everything stopped, temporary data removed.
         assert "Starting a local cluster" in out

@@ -468,9 +468,21 @@ def main(argv: list[str]) -> int:
     finally:
         run.clean_up()
     if ok and group.children:
-        console.line(f"To keep a cluster running: unison up {source}  "
+        console.line(f"To keep a cluster running: {_this_command()} up {source}  "
                      "(then bash examples/curl-scenarios.sh)")
     return 0 if ok else 1
+
+
+def _this_command() -> str:
+    """How the user can run `unison` again: the path they ran (`.venv/bin/unison` after
+    `make demo`), since the venv is not on PATH and Debian's `unison` is another program."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "unison" or not argv0.exists():
+        return "unison"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(argv0)
 
 
 if __name__ == "__main__":
