@@ -21,6 +21,7 @@ from unison.config import NodeConfig, load_config
 from unison.context import NodeContext
 from unison.crdt import stored as crdt_stored
 from unison.errors import ConfigError, StartupError
+from unison.logs import setup_logging
 from unison.storage import Merger, NamespaceStore
 
 if TYPE_CHECKING:  # imported when first needed: a replicator never loads the follower
@@ -177,15 +178,6 @@ class Node:
         self.stores.clear()
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level={"warn": logging.WARNING}.get(level, getattr(logging, level.upper(), logging.INFO)),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="unison node",
@@ -225,7 +217,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"unison node: {e}", file=sys.stderr)
         return 2
-    setup_logging(config.log.log_level)
+    setup_logging(config.log.log_level, config.log.log_format,
+                  timestamps=not config.log.disable_timestamp)
     node = Node(config, args.role)
     try:
         asyncio.run(_serve(node))

@@ -11,6 +11,7 @@ import logging
 import sys
 
 from unison.client.options import UsageError, parse_options
+from unison.logs import setup_logging
 
 
 def main(argv: list[str]) -> int:
@@ -19,11 +20,7 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         print(f"unison client: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=opts.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(opts.log_level, opts.log_format)
     # aiohttp's access log and zmq's debug chatter are not what a user watches here
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     try:

@@ -8,6 +8,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from unison.logs import FORMATS
+
 DEFAULT_HTTP = "http://localhost:8003"
 DEFAULT_ZMQ = {
     "ad-campaign-dc1": "tcp://localhost:5555",
@@ -30,6 +32,7 @@ class ClientOptions:
     resync_interval: float = 5.0
     quiet: bool = False
     log_level: str = "INFO"
+    log_format: str = "text"
 
 
 DESCRIPTION = """\
@@ -100,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR (default INFO)"
+    )
+    p.add_argument(
+        "--log-format", choices=FORMATS, default="text",
+        help="text for people (default), or json: one object per line for log pipelines",
     )
     return p
 
@@ -188,5 +195,6 @@ def parse_options(argv: list[str], env: Mapping[str, str] | None = None) -> Clie
     if not isinstance(logging.getLevelName(level), int):
         raise UsageError(f"{level_source}: unknown log level {level_text!r}")
     opts.log_level = level
+    opts.log_format = args.log_format
     opts.quiet = args.quiet
     return opts

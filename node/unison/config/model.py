@@ -122,6 +122,8 @@ class NotifierConfig:
 @dataclass
 class LogConfig:
     log_level: str = "info"
+    log_format: str = "text"  # "text", or "json": one object per line (ours)
+    disable_timestamp: bool = False  # as UnisonDB: text lines without the time
 
 
 @dataclass

@@ -30,6 +30,7 @@ from unison.config.model import (
 )
 from unison.config.units import parse_duration, parse_size
 from unison.errors import ConfigError
+from unison.logs import FORMATS as LOG_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -326,5 +327,9 @@ def _log(lg: _Section) -> LogConfig:
     level = lg.str("log_level", "info").lower()
     if level not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError(f"log_config.log_level: expected debug, info, warn or error, got {level!r}")
-    lg.warn_unknown(ignore=("disable_timestamp", "min_level_percents"))
-    return LogConfig(log_level=level)
+    fmt = lg.str("log_format", "text").lower()
+    if fmt not in LOG_FORMATS:
+        raise ConfigError(f"log_config.log_format: expected text or json, got {fmt!r}")
+    quiet_time = lg.bool("disable_timestamp", False)
+    lg.warn_unknown(ignore=("min_level_percents",))
+    return LogConfig(log_level=level, log_format=fmt, disable_timestamp=quiet_time)

@@ -108,6 +108,11 @@ def render_toml(cfg: NodeConfig) -> str:
             "linger_time": nc.linger_time,
             "max_msg_size": format_size(nc.max_msg_size),
         })
-    _table(lines, "log_config", {"log_level": cfg.log.log_level})
+    log: dict[str, object] = {"log_level": cfg.log.log_level}
+    if cfg.log.log_format != "text":  # the defaults stay out: UnisonDB's files have neither
+        log["log_format"] = cfg.log.log_format
+    if cfg.log.disable_timestamp:
+        log["disable_timestamp"] = True
+    _table(lines, "log_config", log)
     return "\n".join(lines) + "\n"
 
