@@ -69,7 +69,8 @@ MANAGED = {"app.kubernetes.io/managed-by": MANAGER}
 # The children's API resources, as kopf names them: (group, version, plural).
 CHILD_RESOURCES = (("", "v1", "configmaps"), ("", "v1", "services"),
                    ("apps", "v1", "statefulsets"), ("apps", "v1", "deployments"),
-                   ("policy", "v1", "poddisruptionbudgets"))
+                   ("policy", "v1", "poddisruptionbudgets"),
+                   ("networking.k8s.io", "v1", "networkpolicies"))
 
 
 @dataclass

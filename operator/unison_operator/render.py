@@ -1,8 +1,8 @@
 """Pure rendering: a validated UnisonCluster -> the Kubernetes objects it consists of.
 
 No I/O and no clock: the same spec, name and namespace always give the same list of
-dicts, in the same order (ConfigMap first, then per part Services, StatefulSet, PDB, then
-the client). Every object carries `unisondb.io/applied-hash`, a digest of the rest of the
+dicts, in the same order (ConfigMap first, then per part Services, NetworkPolicy,
+StatefulSet, PDB, then the client). Every object carries `unisondb.io/applied-hash`, a digest of the rest of the
 object, which lets the operator skip writes when the live object is already up to date.
 """
 
@@ -54,6 +54,9 @@ class Names:
         return f"{self.cluster}-{part}-headless"
 
     def service(self, part: str) -> str:
+        return f"{self.cluster}-{part}"
+
+    def network_policy(self, part: str) -> str:
         return f"{self.cluster}-{part}"
 
     @property
@@ -311,6 +314,39 @@ def _node_pod_spec(spec: ClusterSpec, plan: NodePlan, names: Names,
     }
 
 
+def network_policy(name: str, namespace: str, plan: NodePlan, plans: list[NodePlan],
+                   component: str, owner: dict[str, Any] | None) -> dict[str, Any]:
+    """Ingress of one part's pods: HTTP and ZeroMQ open to every source (users, the
+    client); gRPC, which carries replication in plaintext, only to the pods of this
+    UnisonCluster that follow the part (a datacenter: the relayer) or, on the relayer, to
+    any pod of this UnisonCluster. Ports are the node's own (its TOML), not named ports.
+    Egress is not restricted. `kubectl port-forward` does not pass through NetworkPolicy."""
+
+    def tcp(port: int) -> dict[str, Any]:
+        return {"protocol": "TCP", "port": port}
+
+    open_ports = [plan.http_port, *plan.notifier_ports.values()]
+    ingress: list[dict[str, Any]] = [{"ports": [tcp(p) for p in open_ports]}]
+    if plan.role == "relayer":
+        peers = [{"podSelector": {"matchLabels": {
+            k: v for k, v in selector(name, plan.name).items() if k != PART_LABEL}}}]
+    else:
+        peers = [{"podSelector": {"matchLabels": selector(name, p.name)}} for p in plans
+                 if any(u.name == plan.name for u in p.config.upstreams)]
+    # A rule with an empty `from` admits every source, so a datacenter nobody follows
+    # gets no gRPC rule at all (its gRPC port then admits nothing).
+    if peers:
+        ingress.append({"from": peers, "ports": [tcp(plan.grpc_port)]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(Names(name).network_policy(plan.name), namespace,
+                          labels(name, component, plan.name), owner),
+        "spec": {"podSelector": {"matchLabels": selector(name, plan.name)},
+                 "policyTypes": ["Ingress"], "ingress": ingress},
+    }
+
+
 def pod_disruption_budget(name: str, namespace: str, part: str, component: str,
                           owner: dict[str, Any] | None) -> dict[str, Any]:
     # maxUnavailable 1: node drains still work for single-pod parts, and a multi-replica
@@ -399,6 +435,7 @@ def render(spec: ClusterSpec, name: str, namespace: str, uid: str | None = None,
     for plan in plans:
         component = "relayer" if plan.role == "relayer" else "datacenter"
         objects += services(name, namespace, plan, component, owner)
+        objects.append(network_policy(name, namespace, plan, plans, component, owner))
         objects.append(statefulset(name, namespace, spec, plan, cm["data"][f"{plan.name}.toml"],
                                    owner))
         objects.append(pod_disruption_budget(name, namespace, plan.name, component, owner))

@@ -37,6 +37,7 @@ CHILD_RESOURCES = {
     "apps/v1/statefulsets": "StatefulSet",
     "apps/v1/deployments": "Deployment",
     "policy/v1/poddisruptionbudgets": "PodDisruptionBudget",
+    "networking.k8s.io/v1/networkpolicies": "NetworkPolicy",
 }
 KIND_RESOURCE = {kind: res for res, kind in CHILD_RESOURCES.items()}
 

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 PATHS = {"Service": f"/api/v1/namespaces/{NS}/services",
          "ConfigMap": f"/api/v1/namespaces/{NS}/configmaps",
          "PodDisruptionBudget": f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets",
+         "NetworkPolicy": f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies",
          "StatefulSet": f"/apis/apps/v1/namespaces/{NS}/statefulsets"}
 
 
@@ -64,7 +65,8 @@ async def test_deleted_children_come_back_and_edits_are_undone(k8s: Any) -> None
     async with running_operator(k8s):
         await up(k8s)
         for kind, name in (("Service", "ad-campaign-relayer"), ("ConfigMap", "ad-campaign-config"),
-                           ("PodDisruptionBudget", "ad-campaign-dc2")):
+                           ("PodDisruptionBudget", "ad-campaign-dc2"),
+                           ("NetworkPolicy", "ad-campaign-dc1")):
             await delete(k8s, kind, name)
             await eventually(lambda k=kind, n=name: live(k8s, k, n), f"{kind} {name} recreated",
                              within=5)

@@ -25,10 +25,13 @@ pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 EXPECTED = [
     ("ConfigMap", "ad-campaign-config"),
     ("Service", "ad-campaign-dc1-headless"), ("Service", "ad-campaign-dc1"),
+    ("NetworkPolicy", "ad-campaign-dc1"),
     ("StatefulSet", "ad-campaign-dc1"), ("PodDisruptionBudget", "ad-campaign-dc1"),
     ("Service", "ad-campaign-dc2-headless"), ("Service", "ad-campaign-dc2"),
+    ("NetworkPolicy", "ad-campaign-dc2"),
     ("StatefulSet", "ad-campaign-dc2"), ("PodDisruptionBudget", "ad-campaign-dc2"),
     ("Service", "ad-campaign-relayer-headless"), ("Service", "ad-campaign-relayer"),
+    ("NetworkPolicy", "ad-campaign-relayer"),
     ("StatefulSet", "ad-campaign-relayer"), ("PodDisruptionBudget", "ad-campaign-relayer"),
     ("Service", "ad-campaign-client"), ("Deployment", "ad-campaign-client"),
 ]

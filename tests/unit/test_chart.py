@@ -40,12 +40,14 @@ NAMESPACED_CALLS = {
     ("unisondb.io", "unisonclusters/finalizers", "update"),
     # kube.KubeClient: get, server-side apply (PATCH), create (POST) of every child
     *{(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "statefulsets"),
-                             ("apps", "deployments"), ("policy", "poddisruptionbudgets"))
+                             ("apps", "deployments"), ("policy", "poddisruptionbudgets"),
+                             ("networking.k8s.io", "networkpolicies"))
       for v in ("get", "create", "patch")},
     # kopf.on.event on every child kind: a deleted or edited child is repaired, and status
     # follows the StatefulSets and Deployments
     *{(g, r, v) for g, r in (("", "configmaps"), ("", "services"), ("apps", "statefulsets"),
-                             ("apps", "deployments"), ("policy", "poddisruptionbudgets"))
+                             ("apps", "deployments"), ("policy", "poddisruptionbudgets"),
+                             ("networking.k8s.io", "networkpolicies"))
       for v in ("list", "watch")},
     # a StatefulSet whose volumeClaimTemplates change is deleted (orphan) and recreated
     ("apps", "statefulsets", "delete"),

@@ -19,6 +19,7 @@ from unison_operator.render import (
     HASH_ANNOTATION,
     allocation_from_status,
     allocation_to_status,
+    k8s_plans,
     port_allocation,
     render,
 )
@@ -47,10 +48,13 @@ def test_seed_topology_renders_the_expected_objects() -> None:
     assert [(o["kind"], o["metadata"]["name"]) for o in seed()] == [
         ("ConfigMap", "ad-campaign-config"),
         ("Service", "ad-campaign-dc1-headless"), ("Service", "ad-campaign-dc1"),
+        ("NetworkPolicy", "ad-campaign-dc1"),
         ("StatefulSet", "ad-campaign-dc1"), ("PodDisruptionBudget", "ad-campaign-dc1"),
         ("Service", "ad-campaign-dc2-headless"), ("Service", "ad-campaign-dc2"),
+        ("NetworkPolicy", "ad-campaign-dc2"),
         ("StatefulSet", "ad-campaign-dc2"), ("PodDisruptionBudget", "ad-campaign-dc2"),
         ("Service", "ad-campaign-relayer-headless"), ("Service", "ad-campaign-relayer"),
+        ("NetworkPolicy", "ad-campaign-relayer"),
         ("StatefulSet", "ad-campaign-relayer"), ("PodDisruptionBudget", "ad-campaign-relayer"),
         ("Service", "ad-campaign-client"), ("Deployment", "ad-campaign-client"),
     ]
@@ -132,6 +136,55 @@ def test_services_expose_named_ports_and_the_zmq_map() -> None:
     assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
     assert sts["spec"]["selector"]["matchLabels"].items() <= (
         sts["spec"]["template"]["metadata"]["labels"].items())
+
+
+def _tcp(*ports: int) -> list[dict[str, Any]]:
+    return [{"protocol": "TCP", "port": p} for p in ports]
+
+
+@pytest.mark.parametrize("base", [5555, 6100])
+def test_network_policies_open_http_and_zmq_and_keep_grpc_inside_the_cluster(base: int) -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["relayer"]["notifierBasePort"] = base
+    spec = parse_cluster(doc)
+    objects = render(spec, "ad-campaign", "prod", "uid-1")
+    plans = {p.name: p for p in k8s_plans(spec, "ad-campaign", "prod")}
+    relayer_pods = {"podSelector": {"matchLabels": by_name(
+        objects, "StatefulSet", "ad-campaign-relayer")["spec"]["selector"]["matchLabels"]}}
+    for part, plan in plans.items():
+        policy = by_name(objects, "NetworkPolicy", f"ad-campaign-{part}")
+        kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+        sts = by_name(objects, "StatefulSet", f"ad-campaign-{part}")
+        assert policy["spec"]["podSelector"] == sts["spec"]["selector"]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress is not restricted
+        # Ports are the node's own, as its TOML in the ConfigMap says, as numbers.
+        cfg = parse_config(tomllib.loads(by_name(
+            objects, "ConfigMap", "ad-campaign-config")["data"][f"{part}.toml"]))
+        open_rule, grpc_rule = policy["spec"]["ingress"]
+        assert open_rule == {"ports": _tcp(cfg.http_port, *(n.bind_port for n in cfg.notifiers))}
+        assert grpc_rule["ports"] == _tcp(cfg.grpc.port)
+        if part == "relayer":
+            assert sorted(plan.notifier_ports.values()) == [base, base + 1]
+            # Any pod of this UnisonCluster (the client too), nothing else.
+            assert grpc_rule["from"] == [{"podSelector": {"matchLabels": {
+                "app.kubernetes.io/instance": "ad-campaign",
+                "app.kubernetes.io/name": "unison"}}}]
+        else:
+            assert not plan.notifier_ports
+            assert grpc_rule["from"] == [relayer_pods]  # only its followers
+    client = by_name(objects, "Deployment", "ad-campaign-client")
+    assert ({"app.kubernetes.io/instance": "ad-campaign", "app.kubernetes.io/name": "unison"}
+            .items() <= client["spec"]["template"]["metadata"]["labels"].items())
+
+
+def test_a_datacenter_nobody_follows_admits_no_grpc() -> None:
+    # An empty `from` would admit every source: the gRPC rule is left out instead.
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["relayer"]["follow"] = ["dc1"]
+    objects = render(parse_cluster(doc), "ad-campaign", "prod", "uid-1")
+    (rule,) = by_name(objects, "NetworkPolicy", "ad-campaign-dc2")["spec"]["ingress"]
+    assert rule == {"ports": _tcp(8002)}
+    assert len(by_name(objects, "NetworkPolicy", "ad-campaign-dc1")["spec"]["ingress"]) == 2
 
 
 def test_client_deployment_points_at_the_relayer() -> None:
