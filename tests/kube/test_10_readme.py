@@ -49,6 +49,25 @@ def test_readme_flow(cluster: Cluster, operator: Operator) -> None:
     parts = sorted(p["metadata"]["labels"]["unisondb.io/part"] for p in pods)
     assert parts == ["client", "dc1", "dc2", "relayer"], parts
 
+    # A NetworkPolicy per StatefulSet, accepted by the API server and owned by the cluster:
+    # gRPC only from the relayer (datacenters) or the cluster's pods (relayer), HTTP and
+    # ZeroMQ open. The test cluster's CNI (bridge) does not enforce NetworkPolicy, so this
+    # checks the objects, not the traffic; the port-forwards below never pass through it.
+    policies = {p["metadata"]["name"]: p for p in children(cluster, "networkpolicies",
+                                                           "ad-campaign")}
+    assert sorted(policies) == ["ad-campaign-dc1", "ad-campaign-dc2", "ad-campaign-relayer"]
+    for policy in policies.values():
+        (owner,) = policy["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["name"]) == ("UnisonCluster", "ad-campaign"), owner
+        assert policy["spec"]["policyTypes"] == ["Ingress"], policy
+    open_ports = {name: [p["port"] for p in policy["spec"]["ingress"][0]["ports"]]
+                  for name, policy in policies.items()}
+    assert open_ports == {"ad-campaign-dc1": [8001], "ad-campaign-dc2": [8002],
+                          "ad-campaign-relayer": [8003, 5555, 5556]}, open_ports
+    grpc_from = policies["ad-campaign-dc1"]["spec"]["ingress"][1]["from"]
+    assert [f["podSelector"]["matchLabels"]["unisondb.io/part"] for f in grpc_from] == [
+        "relayer"], grpc_from
+
     with port_forwards(cluster, "default",
                        ("ad-campaign-dc1", ["8001:8001"]),
                        ("ad-campaign-dc2", ["8002:8002"]),
