@@ -11,8 +11,8 @@ from tests.kube.cluster import Cluster
 from tests.kube.e2e import Operator, apply, children, example, wait_ready, wait_until
 
 NS = "deletion"
-KINDS = ("statefulsets", "services", "configmaps", "poddisruptionbudgets", "deployments",
-         "pods")
+KINDS = ("statefulsets", "services", "configmaps", "poddisruptionbudgets", "networkpolicies",
+         "deployments", "pods")
 
 
 @pytest.fixture(scope="module")
