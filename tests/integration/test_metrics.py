@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.nodes import running_cluster
+from tests.unit.test_chart_podmonitor import dashboard_metrics
 
 
 def families(text: str) -> dict[str, Any]:
@@ -54,3 +55,7 @@ def test_node_metrics_parse_without_duplicates(tmp_path: Path) -> None:
             assert rf[name].type == "counter", name
         caught_up = rf["unison_follower_caught_up"]
         assert caught_up.type == "gauge" and len(caught_up.samples) == 2, caught_up.samples
+
+        # Every metric the chart's Grafana dashboard queries is one these nodes export.
+        exported = {n.removesuffix("_total") for n in (*rf, *families(dc1_text))}
+        assert dashboard_metrics() <= exported, dashboard_metrics() - exported

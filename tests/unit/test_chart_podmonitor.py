@@ -54,3 +54,29 @@ def test_interval_is_checked() -> None:
         with pytest.raises(helm.HelmError, match="interval"):
             c.render({"metrics": {"podMonitor": {"enabled": True, "interval": "soon"}}},
                      name="r", namespace="n", is_install=True)
+
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "charts" / "unison-operator" / "dashboards"
+
+
+def dashboard_metrics() -> set[str]:
+    """The metric names the dashboard's queries read (histogram series by family name)."""
+    import json
+    import re
+
+    doc = json.loads((DASHBOARD / "unison.json").read_text())
+    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
+    names = {m for e in exprs for m in re.findall(r"\b((?:unison|process)_[a-z_]+)\b", e)}
+    return {re.sub(r"_(bucket|total)$", "", n) for n in names}
+
+
+def test_grafana_dashboard_configmap() -> None:
+    import json
+
+    assert of_kind(objects(), "ConfigMap") == []
+    (cm,) = of_kind(objects({"metrics": {"grafanaDashboard": {"enabled": True}}}), "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    doc = json.loads(cm["data"]["unison.json"])
+    assert doc == json.loads((DASHBOARD / "unison.json").read_text())
+    assert {"unison_http_request_duration_seconds", "unison_follower_lag_records"} <= (
+        dashboard_metrics())
