@@ -57,10 +57,14 @@ def pod_uids(cluster: Cluster, part: str) -> set[str]:
 
 
 def put(cluster: Cluster, dc: str, key: str, value: dict[str, Any]) -> None:
+    """A write through the datacenter's Service. Until kube-proxy has programmed a new
+    Service's endpoints nothing answers (status 0): retried then, as a client would."""
     ip, port = service_ip(cluster, f"{NAME}-{dc}", NS), ports(cluster, f"{NAME}-{dc}")["http"]
     body = {"value": base64.b64encode(json.dumps(value).encode()).decode()}
-    status, answer = http_call(cluster, ip, port, "PUT", kv_path(f"shop-{dc}", key), body)
-    assert (status, answer) == (200, {"success": True}), (dc, key, status, answer)
+    answered = wait_until(f"{NAME}-{dc}'s Service answering a PUT", lambda: (
+        r if (r := http_call(cluster, ip, port, "PUT", kv_path(f"shop-{dc}", key), body))[0]
+        else None), 60, cluster.diagnose)
+    assert answered == (200, {"success": True}), (dc, key, answered)
 
 
 def read(cluster: Cluster, service: str, namespace: str, key: str) -> Any:
@@ -152,7 +156,8 @@ def test_grow_a_datacenter_volume(shop: Cluster) -> None:
 
     wait_until("dc1's volume at 2Gi", pvc_grown, 60)
     # The same volume, so the same data.
-    assert read(cluster, "dc1", "shop-dc1", "counter:before") == {"replica": "shop-dc1",
-                                                                  "count": 7}
+    kept = {"replica": "shop-dc1", "count": 7}
+    wait_until("dc1's data through its Service after the restart", lambda: read(
+        cluster, "dc1", "shop-dc1", "counter:before") == kept, 60, cluster.diagnose)
     uc = get_uc(cluster, NAME, NS)
     assert all(c["status"] == "True" for c in uc["status"]["conditions"]), uc["status"]
