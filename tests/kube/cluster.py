@@ -227,18 +227,10 @@ class Cluster:
         tails = "\n".join(self.log_tail(p) for p in parts)
         raise ClusterError(f"{what}: not within {timeout:.0f}s\n{tails}")
 
-    def _https_ok(self, url: str) -> bool:
-        ctx = ssl.create_default_context(cafile=str(self.pki.ca))
-        ctx.load_cert_chain(str(self.pki.crt("admin")), str(self.pki.key("admin")))
-
+    def _url_ok(self, url: str, context: ssl.SSLContext | None = None) -> bool:
+        """GET `url` from inside the namespace answers 200."""
         def get() -> bool:
-            with urllib.request.urlopen(url, context=ctx, timeout=3) as r:
-                return r.status == 200
-        return self.call(get)
-
-    def _http_ok(self, url: str) -> bool:
-        def get() -> bool:
-            with urllib.request.urlopen(url, timeout=3) as r:
+            with urllib.request.urlopen(url, context=context, timeout=3) as r:
                 return r.status == 200
         return self.call(get)
 
@@ -276,7 +268,7 @@ class Cluster:
                     "--listen-metrics-urls", "http://127.0.0.1:2381",
                     # the test cluster's data may be lost with the machine: speed over safety
                     "--unsafe-no-fsync")
-        self._wait("etcd healthy", lambda: self._http_ok("http://127.0.0.1:2379/health"), 60,
+        self._wait("etcd healthy", lambda: self._url_ok("http://127.0.0.1:2379/health"), 60,
                    ["etcd"])
 
         self._start("kube-apiserver", self.bin("kube-apiserver"),
@@ -300,7 +292,10 @@ class Cluster:
                     "--audit-log-path", str(self.logs / "audit.log"),
                     "--audit-policy-file", str(node_files.audit_policy(self.workdir)),
                     "--endpoint-reconciler-type", "lease")
-        self._wait("kube-apiserver ready", lambda: self._https_ok(f"{API_URL}/readyz"), 90,
+        # The admin certificate, loaded once rather than on every poll.
+        admin = ssl.create_default_context(cafile=str(pki.ca))
+        admin.load_cert_chain(str(pki.crt("admin")), str(pki.key("admin")))
+        self._wait("kube-apiserver ready", lambda: self._url_ok(f"{API_URL}/readyz", admin), 90,
                    ["kube-apiserver"])
 
         self._start("kube-controller-manager", self.bin("kube-controller-manager"),
