@@ -59,7 +59,11 @@ log = logging.getLogger(__name__)
 MAX_COALESCED = NOTIFIER.max_records
 # Bytes of subscriptions that cannot match, accepted before the socket is renewed.
 REFUSED_BYTES_LIMIT = 64 * 1024
-_SUBSCRIPTION_HWM = 64  # subscriptions libzmq reads ahead of us, per peer
+# Subscriptions libzmq reads ahead of us, per peer. libzmq files each one it reads in a
+# trie (about 50 bytes per byte) inside whichever of our socket calls drains them, and
+# keeps draining while the peer's next one is already there: one in flight leaves that
+# loop the least chance to outrun the check below.
+_SUBSCRIPTION_HWM = 1
 _NOWAIT = int(zmq.DONTWAIT)
 _MORE_NOWAIT = int(zmq.DONTWAIT | zmq.SNDMORE)
 
@@ -74,7 +78,7 @@ class Notifier:
         self.renewals = 0
         self._refused_bytes = 0
         self._fd: int | None = None
-        self._renew_handle: asyncio.TimerHandle | None = None
+        self._renewing: asyncio.Future[None] | None = None
         self.store = store
         self.config = config
         self.write_notify = write_notify or WriteNotifyConfig()
@@ -142,13 +146,10 @@ class Notifier:
         if self._cursor is not None:
             self._cursor.close()
             self._cursor = None
-        if self._renew_handle is not None:
-            self._renew_handle.cancel()
-            self._renew_handle = None
+        if self._renewing is not None:  # stopped while renewing the socket
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
         if self._sock is None:
-            if self._ctx is not None:  # stopped while renewing the socket
-                ctx, self._ctx = self._ctx, None
-                await asyncio.get_running_loop().run_in_executor(None, ctx.term)
             return
         self._unlisten()
         self._flush()
@@ -197,32 +198,47 @@ class Notifier:
             self._loop.remove_reader(self._fd)
         self._fd = None
 
-    def _renew(self, attempt: int = 0) -> None:
-        """Close the socket (dropping every peer and libzmq's subscription tries) and bind
-        it again; retried while the old listener is still being closed."""
-        if self._sock is not None:
-            log.warning("namespace %s: %d bytes of subscriptions that cannot match topic %s: "
-                        "renewing the ZeroMQ socket (subscribers reconnect)", self.namespace,
-                        self._refused_bytes, self._topic.decode())
-            self._unlisten()
-            self._sock.close(linger=0)
-            self._sock = None
-            self._refused_bytes = 0
-            self.renewals += 1
-        self._renew_handle = None
-        if self._ctx is None or self._loop is None:
+    def _renew(self) -> None:
+        """Drop every peer and libzmq's subscription tries, then bind again (_rebind)."""
+        if self._sock is None or self._renewing is not None:
             return
-        try:
-            sock = self._bind(self._ctx)
-        except zmq.ZMQError as e:
-            if attempt >= 250:
-                log.error("namespace %s: cannot bind the ZeroMQ publisher again on %s: %s; "
-                          "notifications stopped", self.namespace, self.endpoint, e)
-                return
-            self._renew_handle = self._loop.call_later(0.02, self._renew, attempt + 1)
-            return
-        self._listen(sock)
+        log.warning("namespace %s: %d bytes of subscriptions that cannot match topic %s: "
+                    "renewing the ZeroMQ socket (subscribers reconnect)", self.namespace,
+                    self._refused_bytes, self._topic.decode())
+        self._unlisten()
+        self._sock.close(linger=0)
+        self._sock = None
+        self._refused_bytes = 0
+        self.renewals += 1
+        self._renewing = asyncio.ensure_future(self._rebind())
+
+    async def _rebind(self) -> None:
+        """Terminate the old context (it returns once libzmq has freed the old socket, its
+        peers and their tries), hand the heap back, bind in a new context."""
+        loop = asyncio.get_running_loop()
+        old, self._ctx = self._ctx, None
+        if old is not None:
+            await loop.run_in_executor(None, old.term)
         release_memory(0)
+        ctx = zmq.Context()
+        error: zmq.ZMQError | None = None
+        try:
+            for _ in range(250):  # the old listener may still be closing
+                try:
+                    sock = self._bind(ctx)
+                except zmq.ZMQError as e:
+                    error = e
+                    await asyncio.sleep(0.02)
+                    continue
+                self._ctx = ctx
+                self._listen(sock)
+                return
+            log.error("namespace %s: cannot bind the ZeroMQ publisher again on %s: %s; "
+                      "notifications stopped", self.namespace, self.endpoint, error)
+        finally:
+            self._renewing = None
+            if self._ctx is not ctx:
+                ctx.term()
 
     # ------------------------------------------------------------ commit path
 
