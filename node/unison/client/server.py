@@ -1,4 +1,5 @@
-"""HTTP endpoints of the client: /state, /metrics, /healthz, /readyz."""
+"""HTTP endpoints of the client: /state, /metrics, /healthz, /readyz, and the live page
+(/ and its event stream /events, in unison.client.web)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from unison.client import web as live
 from unison.client.metrics import Metrics
 from unison.client.sync import NamespaceSync
 from unison.crdt import CRDTState
@@ -37,6 +39,7 @@ def build_app(
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    live.add_routes(app, live.LiveView(state, metrics, syncs))
     return app
 
 
