@@ -1,0 +1,147 @@
+"""The client's live page in a real headless Chromium, against real processes: dc1, dc2,
+the relayer and `unison client`. Writes go through the datacenters; the page, opened
+once and never reloaded, must show each scenario's outcome as it converges, and user data
+that looks like markup must stay text.
+
+Without a Chromium the tests skip, saying so; with UNISON_REQUIRE_BROWSER=1 (CI) they
+fail instead. The browser is found as tests/support/browser.py says (UNISON_CHROMIUM, or
+chromium on PATH: `apt-get install -y chromium`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from unison.local.scenarios import DC1, seed_scenarios
+
+from tests.integration.test_client import ClientProcess
+from tests.integration.test_client_seed_scenarios import client_args
+from tests.support.browser import Chromium, Page, find_chromium
+from tests.support.nodes import HOST, NodeProcess, running_cluster
+
+# Every data row of the page: "kind key" -> the cells' text.
+ROWS = """Object.fromEntries([...document.querySelectorAll("tr[data-key]")].map(
+  (tr) => [tr.dataset.kind + " " + tr.dataset.key, [...tr.cells].map((td) => td.textContent)]))"""
+
+
+def chromium_or_skip() -> str:
+    path = find_chromium()
+    if path:
+        return path
+    reason = ("no Chromium to drive (apt-get install -y chromium, or set UNISON_CHROMIUM to "
+              "its path)")
+    if os.environ.get("UNISON_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}; UNISON_REQUIRE_BROWSER=1 requires the browser tests to run")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, NodeProcess]]:
+    chromium_or_skip()  # before starting nodes that would go unused
+    with running_cluster(tmp_path_factory.mktemp("client-page")) as nodes:
+        yield nodes
+
+
+@pytest.fixture
+async def page(cluster: dict[str, NodeProcess]) -> AsyncIterator[Page]:
+    """The live page of a fresh client, open in a fresh browser, connected."""
+    client = ClientProcess(client_args(cluster["relayer"], "--resync-interval", "1"))
+    await client.start()
+    try:
+        await client.wait_ready()
+        async with Chromium(chromium_or_skip()) as browser:
+            page = await browser.open(f"http://{HOST}:{client.state_port}/")
+            await page.wait_for("document.getElementById('status').textContent === 'live'",
+                                "the page's event stream")
+            # a reload would lose this: checked at the end of each test
+            await page.evaluate("window.sameDocument = true")
+            yield page
+    finally:
+        await client.terminate()
+
+
+def write(node: NodeProcess, ns: str, key: str, doc: dict[str, Any]) -> None:
+    status, body = node.put(ns, key, json.dumps(doc, separators=(",", ":")))
+    assert status == 200, body
+
+
+async def rows_where(page: Page, what: str, holds: Any) -> dict[str, list[str]]:
+    """The page's rows once `holds(rows)` is true (polled under a deadline)."""
+    deadline = time.monotonic() + 30
+    while True:
+        rows = await page.evaluate(ROWS)
+        if holds(rows):
+            return rows
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the page never showed {what}; it shows {rows}")
+        await asyncio.sleep(0.1)
+
+
+def shows(rows: dict[str, list[str]], expect: Any) -> bool:
+    if expect.register is not None:
+        cells = rows.get(f"lww {expect.key}")
+        reg = expect.register
+        return (cells is not None and cells[1] == json.dumps(reg["value"])
+                and cells[2] == reg["replica"] and cells[3].startswith(str(reg["timestamp"])))
+    cells = rows.get(f"counters {expect.key}")
+    return (cells is not None and cells[1] == str(sum(expect.counts.values()))
+            and all(f"{dc}: {n}" in cells[2] for dc, n in expect.counts.items()))
+
+
+async def test_the_page_shows_each_scenario_as_it_converges(
+        cluster: dict[str, NodeProcess], page: Page) -> None:
+    owner = {ns: node for node in (cluster["dc1"], cluster["dc2"])
+             for ns in node.config.storage.namespaces}
+    for scenario in seed_scenarios(int(time.time()) * 1000):
+        for w in scenario.writes:
+            write(owner[w.namespace], w.namespace, w.key, w.payload)
+        for expect in scenario.expects:
+            await rows_where(page, f"scenario {scenario.number}: {expect.summary}",
+                             lambda rows, e=expect: shows(rows, e))
+
+    rows = await page.evaluate(ROWS)
+    assert sorted(k for k in rows if "<" not in k) == [  # the other test's keys have "<"
+        "counters counter:api-calls", "counters counter:db-queries",
+        "counters counter:page-views", "lww lww:config", "lww lww:feature-flag",
+        "lww lww:user-status"]
+    changes = await page.evaluate("document.getElementById('changes').textContent")
+    assert 'lww:user-status → "away" from ad-campaign-dc2' in changes
+    assert "counter:api-calls → total 175" in changes
+    namespaces = await page.evaluate("""[...document.querySelectorAll(
+        "#namespaces tr[data-namespace]")].map((tr) => tr.dataset.namespace)""")
+    assert sorted(namespaces) == sorted(owner)
+    relayer = cluster["relayer"].http_port
+    assert await page.evaluate("document.getElementById('relayer').textContent") == (
+        f"http://{HOST}:{relayer}")
+    assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
+
+
+HOSTILE_KEY = 'lww:<img src=x onerror="window.pwned=1">'
+HOSTILE_COUNTER = "counter:<svg onload=window.pwned=2>"
+
+
+async def test_markup_in_keys_and_values_is_shown_as_text(
+        cluster: dict[str, NodeProcess], page: Page) -> None:
+    dc1 = cluster["dc1"]
+    value = "<script>window.pwned=3</script><b>bold?</b>"
+    write(dc1, DC1, HOSTILE_KEY, {"value": value, "timestamp": 5, "replica": "<i>dc1</i>"})
+    write(dc1, DC1, HOSTILE_COUNTER, {"replica": "<img src=y onerror=window.pwned=4>",
+                                      "count": 7})
+    rows = await rows_where(page, "the hostile keys",
+                            lambda rows: f"lww {HOSTILE_KEY}" in rows
+                            and f"counters {HOSTILE_COUNTER}" in rows)
+    assert rows[f"lww {HOSTILE_KEY}"][:3] == [HOSTILE_KEY, json.dumps(value), "<i>dc1</i>"]
+    assert rows[f"counters {HOSTILE_COUNTER}"][:2] == [HOSTILE_COUNTER, "7"]
+    assert "<img src=y onerror=window.pwned=4>: 7" in rows[f"counters {HOSTILE_COUNTER}"][2]
+    injected = await page.evaluate(
+        "document.querySelectorAll('main img, main svg, main b, main i, main script').length")
+    assert injected == 0, "user data became markup"
+    assert await page.evaluate("typeof window.pwned") == "undefined"
+    assert await page.evaluate("document.scripts.length") == 1
+    assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
