@@ -1,4 +1,5 @@
-"""`unison operator [--namespace NS ... | --all-namespaces] [--verbose]`: run the operator.
+"""`unison operator [--namespace NS ... | --all-namespaces] [--verbose] [--log-format json]`:
+run the operator.
 
 kopf does the watching, retries and event posting underneath (`kopf.run`); the
 handlers come from `unison_operator.handlers.make_registry`. The operator runs
@@ -12,12 +13,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import os
 import sys
+from collections.abc import Mapping
+
+from unison.logs import FORMATS, JsonFormatter, setup_logging
 
 # Distribution names as pip knows them: the `operator` extra of pyproject.toml.
 OPERATOR_DEPENDENCIES = ("kopf", "kubernetes")
 INSTALL_HINT = "pip install 'unison[operator]' (from a checkout: pip install -e '.[operator]')"
+LOG_FORMAT_ENV = "UNISON_LOG_FORMAT"  # as for the client: the flag wins over it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +41,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                         help="liveness endpoint served by kopf ('' to disable; default "
                              "%(default)s)")
+    parser.add_argument("--log-format", choices=FORMATS, default=None,
+                        help="text (the default) or json: one JSON object per line, with the "
+                             f"UnisonCluster a line is about under 'object' (env {LOG_FORMAT_ENV})")
     return parser
+
+
+def log_format(flag: str | None, env: Mapping[str, str]) -> str:
+    """The flag, else the environment, else text; ValueError naming a bad env value."""
+    if flag is not None:
+        return flag
+    value = env.get(LOG_FORMAT_ENV, "").strip().lower() or "text"
+    if value not in FORMATS:
+        raise ValueError(f"{LOG_FORMAT_ENV}={env[LOG_FORMAT_ENV]!r}: expected "
+                         f"{' or '.join(FORMATS)}")
+    return value
+
+
+class ObjectJsonFormatter(JsonFormatter):
+    """unison.logs' JSON lines, plus the Kubernetes object kopf attaches to a record
+    (kopf's per-object loggers carry it as `k8s_ref`), so a line can be found by cluster."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        ref = getattr(record, "k8s_ref", None)
+        if not isinstance(ref, dict):
+            return line
+        doc = json.loads(line)
+        doc["object"] = {k: v for k, v in ref.items() if v}
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_logging(fmt: str, verbose: bool) -> None:
+    """Text: kopf's own set-up, as before. JSON: unison.logs' set-up, which node and
+    client share, with kopf's quieting of asyncio's debug chatter."""
+    level = logging.DEBUG if verbose else logging.INFO
+    if fmt == "json":
+        setup_logging(level, "json")
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(ObjectJsonFormatter())
+        asyncio_log = logging.getLogger("asyncio")
+        asyncio_log.propagate = False
+        asyncio_log.handlers[:] = [logging.NullHandler()]
+    else:
+        import kopf
+
+        kopf.configure(verbose=verbose)
+    logging.getLogger("unison_operator").setLevel(level)
 
 
 def missing_dependencies() -> list[str]:
@@ -48,8 +101,13 @@ def missing_dependencies() -> list[str]:
     return missing
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        fmt = log_format(args.log_format, os.environ if env is None else env)
+    except ValueError as e:
+        sys.stderr.write(f"unison operator: {e}\n")
+        return 2
     missing = missing_dependencies()
     if missing:
         sys.stderr.write(f"unison operator: {' and '.join(missing)} not installed (the operator "
@@ -60,8 +118,7 @@ def main(argv: list[str]) -> int:
     from .handlers import OperatorConfig, make_registry
     from .kube import KubeClient
 
-    kopf.configure(verbose=args.verbose)
-    logging.getLogger("unison_operator").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(fmt, args.verbose)
     try:
         client = KubeClient.from_environment()
     except Exception as e:  # kubernetes.config raises several types for missing configs
