@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from unison.local.scenarios import DC1, seed_scenarios
+from unison.local.scenarios import DC1, DC2, seed_scenarios
 
 from tests.integration.test_client import ClientProcess
 from tests.integration.test_client_seed_scenarios import client_args
@@ -105,11 +105,16 @@ async def test_the_page_shows_each_scenario_as_it_converges(
             await rows_where(page, f"scenario {scenario.number}: {expect.summary}",
                              lambda rows, e=expect: shows(rows, e))
 
-    rows = await page.evaluate(ROWS)
+    # beyond the seed: a PN-counter with each datacenter's increments and decrements
+    write(cluster["dc1"], DC1, "pncounter:stock", {"replica": DC1, "p": 10, "n": 3})
+    write(cluster["dc2"], DC2, "pncounter:stock", {"replica": DC2, "p": 2, "n": 0})
+    rows = await rows_where(page, "pncounter:stock = 9", lambda rows: rows.get(
+        "pncounters pncounter:stock", [""] * 3)[1:] == [
+            "9", f"{DC1}: +10 / −3{DC2}: +2 / −0"])
     assert sorted(k for k in rows if "<" not in k) == [  # the other test's keys have "<"
         "counters counter:api-calls", "counters counter:db-queries",
         "counters counter:page-views", "lww lww:config", "lww lww:feature-flag",
-        "lww lww:user-status"]
+        "lww lww:user-status", "pncounters pncounter:stock"]
     changes = await page.evaluate("document.getElementById('changes').textContent")
     assert 'lww:user-status → "away" from ad-campaign-dc2' in changes
     assert "counter:api-calls → total 175" in changes
@@ -120,6 +125,7 @@ async def test_the_page_shows_each_scenario_as_it_converges(
     assert await page.evaluate("document.getElementById('relayer').textContent") == (
         f"http://{HOST}:{relayer}")
     assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
+    assert not page.browser.errors(), page.browser.errors()
 
 
 HOSTILE_KEY = 'lww:<img src=x onerror="window.pwned=1">'
@@ -145,3 +151,4 @@ async def test_markup_in_keys_and_values_is_shown_as_text(
     assert await page.evaluate("typeof window.pwned") == "undefined"
     assert await page.evaluate("document.scripts.length") == 1
     assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
+    assert not page.browser.errors(), page.browser.errors()

@@ -109,6 +109,10 @@ class Chromium:
             if not future.done():
                 future.set_exception(BrowserError("the DevTools connection closed"))
 
+    def errors(self) -> list[str]:
+        """Uncaught exceptions and console errors the pages reported so far."""
+        return [c for c in self.console if "exceptionDetails" in c or '"type": "error"' in c]
+
     async def call(self, method: str, params: dict[str, Any] | None = None,
                    session: str | None = None) -> dict[str, Any]:
         """One CDP command; its result, or BrowserError with the browser's message."""
@@ -166,6 +170,10 @@ class Page:
     def __init__(self, browser: Chromium, session: str) -> None:
         self.browser = browser
         self.session = session
+
+    def errors(self) -> list[str]:
+        """Uncaught exceptions and console errors the pages reported so far."""
+        return [c for c in self.console if "exceptionDetails" in c or '"type": "error"' in c]
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return await self.browser.call(method, params, self.session)

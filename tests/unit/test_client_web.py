@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from unison.client import server
 from unison.client.metrics import Metrics
-from unison.client.web import LiveView, add_routes
+from unison.client.web import MAX_VALUE_CHARS, LiveView, add_routes
 from unison.crdt import CRDTState
 
 HOST = "127.0.0.1"
@@ -94,7 +94,7 @@ async def test_events_send_the_state_on_connect_and_on_every_change(served: Serv
     async with served.session.get(served.url + "/events") as resp:
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         first = await next_state(resp)
-        assert first["state"]["lww"]["lww:user-status"]["value"] == "online"
+        assert first["state"]["lww"]["lww:user-status"]["text"] == '"online"'
         assert first["keys"] == {"lww": 1, "counters": 0, "pncounters": 0}
         state.apply_json("counter:page-views", '{"replica":"dc1","count":5}')
         state.apply_json("counter:page-views", '{"replica":"dc2","count":3}')
@@ -110,9 +110,19 @@ async def test_user_data_stays_on_one_data_line(served: Served) -> None:
         {"value": "line\nbreak\r\n\ud800", "timestamp": 1, "replica": "r\n"}))
     async with served.session.get(served.url + "/events") as resp:
         view = await next_state(resp)
-    assert view["state"]["lww"][hostile]["value"] == "line\nbreak\r\n\ud800"
+    assert view["state"]["lww"][hostile]["text"] == '"line\\nbreak\\r\\n\ud800"'
     assert served.view.payload.count(b"\n") == 3  # event:, data:, blank line
     served.view.payload.decode("ascii")  # non-ASCII is escaped in the JSON
+
+
+async def test_a_long_value_is_cut_on_the_page_not_in_the_state(served: Served) -> None:
+    value = {"blob": "x" * (MAX_VALUE_CHARS * 3)}
+    served.view.state.apply_json("lww:big", json.dumps(
+        {"value": value, "timestamp": 1, "replica": "dc1"}))
+    async with served.session.get(served.url + "/events") as resp:
+        shown = (await next_state(resp))["state"]["lww"]["lww:big"]
+    assert shown["text"] == json.dumps(value, separators=(",", ":"))[:MAX_VALUE_CHARS] + "…"
+    assert served.view.state.lww["lww:big"].value == value
 
 
 async def test_an_idle_stream_gets_heartbeats(served: Served) -> None:

@@ -35,6 +35,7 @@ POLL_INTERVAL = 0.25  # seconds between view rebuilds while a page is open
 RELAYER_INTERVAL = 2.0  # seconds between reads of the relayer's per-namespace stats
 HEARTBEAT = 10.0  # an idle stream gets a comment this often (proxies, dead peers)
 MAX_KEYS = 500  # per CRDT type: the page is for watching, /state has everything
+MAX_VALUE_CHARS = 1000  # an LWW value's JSON beyond this is cut (with "…") on the page
 RELAYER_TIMEOUT = aiohttp.ClientTimeout(total=3)
 # the follower fields the page shows; others (contact ages) change every read
 _UPSTREAM_FIELDS = ("name", "upstream", "connected", "upstream_lsn", "applied_lsn",
@@ -72,6 +73,7 @@ class LiveView:
                 "pncounters": self.state.pncounters}
         state = {kind: {k: crdts[k].to_json() for k in sorted(crdts)[:MAX_KEYS]}
                  for kind, crdts in held.items()}
+        state["lww"] = {k: _register(reg) for k, reg in state["lww"].items()}
         return {
             "relayer": self.relayer_url(),
             "namespaces": [self._namespace(s) for s in self.syncs],
@@ -218,6 +220,15 @@ class LiveView:
         await self._stop_poller()
 
 
+def _register(reg: dict[str, Any]) -> dict[str, Any]:
+    """An LWW register as the page shows it: its value as JSON text, cut to a bound (a
+    value can be megabytes; every change sends the whole view to every page)."""
+    text = json.dumps(reg["value"], ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[:MAX_VALUE_CHARS] + "…"
+    return {"text": text, "timestamp": reg["timestamp"], "replica": reg["replica"]}
+
+
 def _busy(reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=503, headers={"Retry-After": "10"})
 
@@ -346,7 +357,9 @@ function fill(id, rows, noun) {
 function lwwCells(reg) {
   const stamp = el("td", null, "mono");
   stamp.append(el("div", reg.timestamp), el("div", when(reg.timestamp), "when"));
-  return [el("td", JSON.stringify(reg.value), "mono value"), el("td", reg.replica, "mono"),
+  const value = el("td", reg.text, "mono value");
+  value.title = reg.text;
+  return [value, el("td", reg.replica, "mono"),
           stamp];
 }
 function counterCells(c) {
@@ -385,7 +398,7 @@ function namespaceRow(ns) {
   return tr;
 }
 const KINDS = [
-  ["lww", "LWW registers", lwwCells, (r) => JSON.stringify(r.value) + " from " + r.replica],
+  ["lww", "LWW registers", lwwCells, (r) => r.text + " from " + r.replica],
   ["counters", "G-counters", counterCells, (c) => "total " + c.total],
   ["pncounters", "PN-counters", pnCells, (c) => "total " + c.total],
 ];
