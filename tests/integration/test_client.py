@@ -60,6 +60,9 @@ class FakeRelayer:
     data: dict[str, dict[str, str]] = field(default_factory=dict)
     lsn: dict[str, int] = field(default_factory=dict)
     min_lsns: list[str | None] = field(default_factory=list)  # each read's ?min_lsn
+    # (history_id, epoch) per namespace for /stats; a namespace without one has no /stats
+    # (404 without JSON, as a relayer without the endpoint answers)
+    histories: dict[str, tuple[str, int]] = field(default_factory=dict)
     runner: web.AppRunner | None = None
     port: int = 0
 
@@ -73,6 +76,14 @@ class FakeRelayer:
         self.data[ns][key] = value if isinstance(value, str) else encode_value(value)
         self.lsn[ns] += 1
         return self.lsn[ns]
+
+    def reset(self, ns: str, history: tuple[str, int] | None = None) -> None:
+        """The namespace starts again empty at LSN 0 (a follower resynced onto a new
+        history, or one restored from an older copy); `history` is its new identity."""
+        self.data[ns].clear()
+        self.lsn[ns] = 0
+        if history is not None:
+            self.histories[ns] = history
 
     def delete(self, ns: str, key: str) -> int:
         self.data[ns].pop(key, None)
@@ -122,8 +133,17 @@ class FakeRelayer:
         ns = self._ns(request)
         return web.json_response({"namespace": ns, "lsn": self.lsn[ns]})
 
+    async def stats(self, request: web.Request) -> web.Response:
+        ns = self._ns(request)
+        if ns not in self.histories:
+            raise web.HTTPNotFound()
+        hid, epoch = self.histories[ns]
+        return web.json_response({"namespace": ns, "lsn": self.lsn[ns], "history_id": hid,
+                                  "history_epoch": epoch})
+
     async def start(self, port: int = 0) -> None:
         app = web.Application()
+        app.router.add_get("/api/v1/{ns}/stats", self.stats)
         app.router.add_get("/api/v1/{ns}/kv/{key:.+}", self.get)
         app.router.add_get("/api/v1/{ns}/kv", self.scan)
         app.router.add_get("/api/v1/{ns}/offset", self.offset)
@@ -447,6 +467,66 @@ async def test_reads_at_the_notifications_lsn_so_a_lagging_replica_loses_nothing
     relayer.put(DC1, "lww:late", {"value": 2, "timestamp": 2, "replica": DC1})  # catches up
     state = await eventually(lambda: _state_with(client, "lww", "lww:late"), "the late write")
     assert state["lww"]["lww:late"]["value"] == 2
+
+
+async def _history_reset_scenario(relayer: FakeRelayer, client: ClientProcess,
+                                  history: tuple[str, int] | None) -> dict[str, Any]:
+    """DC1 at LSN 5 seen by the client, then reset onto `history` holding two writes
+    that are never notified; returns the client's state once it holds them."""
+    for i in range(5):
+        relayer.put(DC1, f"counter:old{i}", {"replica": DC1, "count": i + 1})
+    await eventually(lambda: _last_seq(client, DC1, 5), "the client at seq_num 5")
+    relayer.reset(DC1, history)
+    relayer.put(DC1, "lww:new", {"value": "after reset", "timestamp": 9, "replica": DC1})
+    relayer.put(DC1, "counter:new", {"replica": DC1, "count": 3})
+    # before the fix: every scan asked for min_lsn 5 and the relayer at LSN 2 answered
+    # 503, forever
+    state = await eventually(lambda: _state_with(client, "counters", "counter:new"),
+                             "the reset history's writes", 60)
+    assert state["lww"]["lww:new"]["value"] == "after reset"
+    assert state["counters"]["counter:old4"]["total"] == 5  # a CRDT keeps what it merged
+    await eventually(lambda: _last_seq(client, DC1, 2), "seq_num back at the new LSN")
+    return state
+
+
+async def _last_seq(client: ClientProcess, ns: str, seq: int) -> bool:
+    _, body = await client.get("/healthz")
+    return bool(body["namespaces"][ns]["last_seq"] == seq)
+
+
+async def test_a_new_history_below_the_seen_seq_num_is_rescanned(relayer, start_client) -> None:
+    """A relayer whose history was reset (a datacenter that lost its disk, then the
+    relayer resynced onto the new history) counts LSNs from 1 again: the client sees the
+    new history identity in /stats and scans it without its old seq_num floor."""
+    relayer.histories[DC1] = ("aaaa", 1)
+    client = await start_client("--resync-interval", "0.2")
+    await client.wait_ready()
+    await _history_reset_scenario(relayer, client, ("bbbb", 1))
+    assert await client.metric("unison_client_rescans_total", namespace=DC1,
+                               reason="new-history") >= 1
+    await client.saw("new history on the relayer: bbbb/epoch 1", "stderr")
+    _, body = await client.get("/healthz")
+    assert body["namespaces"][DC1]["history"] == "bbbb/epoch 1"
+
+
+async def test_a_reset_without_a_history_identity_is_rescanned_once_it_stays_behind(
+        relayer, start_client) -> None:
+    """Without an identity to compare (a relayer with no /stats, or one resynced onto a
+    copy of the same history that holds less), a relayer that stays at one LSN below the
+    floor is taken as reset after a few refused scans."""
+    client = await start_client("--resync-interval", "0.2")
+    await client.wait_ready()
+    await _history_reset_scenario(relayer, client, None)
+    assert await client.metric("unison_client_rescans_total", namespace=DC1,
+                               reason="stays-behind") >= 1
+
+
+async def test_an_epoch_change_is_a_new_history(relayer, start_client) -> None:
+    relayer.histories[DC1] = ("aaaa", 1)
+    client = await start_client("--resync-interval", "0.2")
+    await client.wait_ready()
+    await _history_reset_scenario(relayer, client, ("aaaa", 2))
+    await client.saw("new history on the relayer: aaaa/epoch 2", "stderr")
 
 
 async def _state_with(client: ClientProcess, section: str, key: str) -> dict[str, Any] | None:

@@ -1,10 +1,13 @@
 """The relayer's HTTP API as the client uses it: get one key, scan a namespace, read the
-namespace's offset. Every failure becomes RelayerError with a readable reason."""
+namespace's position (LSN and history identity). Every failure becomes RelayerError with a
+readable reason; a read at an LSN the relayer does not hold is RelayerBehind."""
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -14,6 +17,42 @@ SCAN_PAGE = 1000
 
 class RelayerError(Exception):
     """The relayer could not be reached or answered something unusable."""
+
+
+class RelayerBehind(RelayerError):
+    """A read at `min_lsn` answered 503 by a relayer at `lsn` (lagging, or on a history
+    that restarted below the LSN asked for)."""
+
+    def __init__(self, message: str, lsn: int, min_lsn: int) -> None:
+        super().__init__(message)
+        self.lsn = lsn
+        self.min_lsn = min_lsn
+
+
+@dataclass(frozen=True)
+class Position:
+    """A namespace's latest LSN and, when the relayer says, its history identity: an LSN
+    only means something within one history (a datacenter that lost its disk, or a
+    follower resynced onto a new history, counts from 1 again)."""
+
+    lsn: int | None  # None: the relayer reports no offset at all
+    history: tuple[str, int] | None = None  # (history_id, history_epoch)
+
+
+def _behind(url: str, status: int, text: str) -> RelayerBehind | None:
+    # a node's answer to ?min_lsn it does not reach: 503 {"error", "lsn", "min_lsn"}
+    if status != 503:
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    lsn, wanted = doc.get("lsn"), doc.get("min_lsn")
+    if not (isinstance(lsn, int) and isinstance(wanted, int)):
+        return None
+    return RelayerBehind(f"GET {url}: HTTP 503: {text[:200]}", lsn, wanted)
 
 
 def _raise_if_namespace_missing(url: str, status: int, doc: Any) -> None:
@@ -32,15 +71,22 @@ class RelayerAPI:
         quoted = [urllib.parse.quote(p, safe=":@") for p in (ns, *parts)]
         return f"{self.base}/api/v1/" + "/".join(quoted)
 
-    async def _get_json(self, url: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
+    async def _get_json(self, url: str, params: dict[str, str] | None = None, *,
+                        missing_ok: bool = False) -> tuple[int, Any]:
+        """(status, JSON body); `missing_ok`: a 404/405 without JSON (an endpoint this
+        relayer does not have) is (status, None) rather than an error."""
         try:
             async with self.session.get(url, params=params) as resp:
                 text = await resp.text()
+                if (behind := _behind(url, resp.status, text)) is not None:
+                    raise behind
                 if resp.status >= 500:
                     raise RelayerError(f"GET {url}: HTTP {resp.status}: {text[:200]}")
                 try:
                     return resp.status, await resp.json(content_type=None)
                 except ValueError:
+                    if missing_ok and resp.status in (404, 405):
+                        return resp.status, None
                     raise RelayerError(
                         f"GET {url}: HTTP {resp.status} with a body that is not JSON: {text[:200]!r}"
                     ) from None
@@ -103,3 +149,19 @@ class RelayerAPI:
         if status != 200 or isinstance(lsn, bool) or not isinstance(lsn, int):
             raise RelayerError(f"GET {url}: HTTP {status}: no integer 'lsn' in {doc!r:.200}")
         return lsn
+
+    async def position(self, ns: str) -> Position:
+        """The namespace's LSN and history identity from /stats; a relayer without /stats
+        (UnisonDB) gives its /offset and no identity."""
+        url = self._url(ns, "stats")
+        status, doc = await self._get_json(url, missing_ok=True)
+        _raise_if_namespace_missing(url, status, doc)
+        if status in (404, 405):
+            return Position(await self.offset(ns))
+        lsn = doc.get("lsn") if isinstance(doc, dict) else None
+        if status != 200 or isinstance(lsn, bool) or not isinstance(lsn, int):
+            raise RelayerError(f"GET {url}: HTTP {status}: no integer 'lsn' in {doc!r:.200}")
+        hid, epoch = doc.get("history_id"), doc.get("history_epoch")
+        if isinstance(hid, str) and isinstance(epoch, int) and not isinstance(epoch, bool):
+            return Position(lsn, (hid, epoch))
+        return Position(lsn)

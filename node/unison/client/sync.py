@@ -7,6 +7,23 @@ jump means something was missed; the relayer's `/offset` being ahead of the last
 `seq_num` seen (for a whole resync interval) means the last notifications were missed.
 Either way a scan of the namespace brings the state back; merges are idempotent, so
 scanning too often costs time, never correctness.
+
+Why the history check: an LSN only orders records within one history. A relayer resynced
+onto a new history (its datacenter lost its disk) or a new epoch counts from a lower LSN
+again, so a seq_num floor kept from the old history would make every read at it 503
+forever. The namespace's identity (`history_id`, `history_epoch` in /stats) is read on
+every scan and offset check; a new one drops the floor and rescans. A relayer without an
+identity that stays at one LSN below the floor is taken as reset after STALL_LIMIT tries.
+The CRDT state keeps what it merged from the old history (a CRDT cannot un-merge): a
+client started after the reset holds only what the relayer holds now.
+
+What `/state` means with several client replicas: each replica follows the relayer on
+its own and answers `/state` from its own converged copy. Replicas converge to the same
+state once they have seen the same writes, but at any moment one may be behind another
+by the writes it has not merged yet, so two reads through a Service may disagree
+briefly (never permanently: every replica ends at the CRDT merge of everything the
+relayer holds). For one answer across datacenters from a single place, read the
+relayer's `GET /crdt/{key}`.
 """
 
 from __future__ import annotations
@@ -23,13 +40,16 @@ import zmq.asyncio
 
 from unison.client import output
 from unison.client.metrics import Metrics
-from unison.client.relayer import RelayerAPI, RelayerError
+from unison.client.relayer import Position, RelayerAPI, RelayerBehind, RelayerError
 from unison.crdt import CRDTState, Kind, MalformedValueError, Outcome
 
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 10.0
+# refusals of a scan at one unchanged relayer LSN before the seq_num floor is dropped
+# (each waits up to the node's min_lsn wait, 2 s, plus the backoff)
+STALL_LIMIT = 3
 
 
 class StdoutPrinter:
@@ -122,6 +142,8 @@ class NamespaceSync:
         self.resync_interval = resync_interval
         self.stop = stop
         self.last_seq: int | None = None
+        self.history: tuple[str, int] | None = None  # (id, epoch) last seen on the relayer
+        self._stalled: tuple[int | None, int] = (None, 0)  # relayer LSN, refusals at it
         self.synced = False  # the first scan finished
         self._needs_rescan: str | None = None
         self._state_changed = False  # a CURRENT CRDT STATE block is due
@@ -141,7 +163,9 @@ class NamespaceSync:
         self.sock.close(linger=0)
 
     def status(self) -> dict[str, Any]:
-        return {"address": self.address, "synced": self.synced, "last_seq": self.last_seq}
+        history = None if self.history is None else f"{self.history[0]}/epoch {self.history[1]}"
+        return {"address": self.address, "synced": self.synced, "last_seq": self.last_seq,
+                "history": history}
 
     # -- main loop ----------------------------------------------------------------------
 
@@ -304,18 +328,19 @@ class NamespaceSync:
         self.metrics.inc("unison_client_rescans_total", namespace=self.ns, reason=reason)
         log.info("%s: scanning namespace (%s)", self.ns, reason)
         delay = BACKOFF_START
+        self._stalled = (None, 0)
         while not self.stop.is_set():
             try:
-                baseline = await self.api.offset(self.ns)
+                baseline = await self._position_checked()
                 counts = await self._scan_all()
                 break
             except RelayerError as exc:
                 self.metrics.inc("unison_client_relayer_errors_total", namespace=self.ns)
+                if isinstance(exc, RelayerBehind) and self._stays_behind(exc):
+                    continue  # the floor is dropped: scan again at once
+                what = "behind" if isinstance(exc, RelayerBehind) else "not reachable"
                 log.warning(
-                    "%s: relayer not reachable for scan (%s); retrying in %.1fs",
-                    self.ns,
-                    exc,
-                    delay,
+                    "%s: relayer %s for scan (%s); retrying in %.1fs", self.ns, what, exc, delay
                 )
                 try:
                     await asyncio.wait_for(self.stop.wait(), delay)
@@ -324,6 +349,9 @@ class NamespaceSync:
                 delay = min(delay * 2, BACKOFF_MAX)
         else:
             return
+        self._scan_done(reason, baseline, counts)
+
+    def _scan_done(self, reason: str, baseline: int | None, counts: dict[str, int]) -> None:
         if baseline is not None:
             if self.last_seq is not None and baseline < self.last_seq:
                 log.warning(
@@ -351,6 +379,55 @@ class NamespaceSync:
         if counts["updated"]:
             self._state_changed = True
 
+    async def _position_checked(self) -> int | None:
+        """The relayer's LSN for the namespace; a history other than the one seen before
+        drops the seq_num floor first (its LSNs say nothing about the old history's)."""
+        pos = await self.api.position(self.ns)
+        if pos.history is not None:
+            if self.history is not None and pos.history != self.history:
+                self._new_history(pos)
+            self.history = pos.history
+        return pos.lsn
+
+    def _new_history(self, pos: Position) -> None:
+        assert self.history is not None and pos.history is not None
+        log.warning(
+            "%s: new history on the relayer: %s/epoch %d at lsn %s (was %s/epoch %d, "
+            "seq_num %s seen); rescanning from it",
+            self.ns,
+            *pos.history,
+            pos.lsn,
+            *self.history,
+            self.last_seq,
+        )
+        self.metrics.inc("unison_client_rescans_total", namespace=self.ns, reason="new-history")
+        self.last_seq = None
+        self._offset_target = None
+
+    def _stays_behind(self, exc: RelayerBehind) -> bool:
+        """A relayer behind our floor with the same history either lags (and advances) or
+        was reset onto a copy that holds less (a follower resynced from a restored
+        backup): it may never reach the floor. After STALL_LIMIT refusals at one LSN,
+        treat it as a reset and scan what it has (merges are joins: nothing held is lost,
+        and a later gap or offset check rescans if it was only lagging)."""
+        lsn, count = self._stalled
+        self._stalled = (exc.lsn, count + 1 if lsn == exc.lsn else 1)
+        if self._stalled[1] < STALL_LIMIT:
+            return False
+        log.warning(
+            "%s: relayer stays at lsn %d, behind seq_num %s seen (%d tries); "
+            "taking it as a reset and rescanning what it holds",
+            self.ns,
+            exc.lsn,
+            self.last_seq,
+            self._stalled[1],
+        )
+        self.metrics.inc("unison_client_rescans_total", namespace=self.ns, reason="stays-behind")
+        self.last_seq = None
+        self._offset_target = None
+        self._stalled = (None, 0)
+        return True
+
     async def _scan_all(self) -> dict[str, int]:
         counts = {"keys": 0, "updated": 0, "malformed": 0}
         for kind in Kind:
@@ -365,18 +442,21 @@ class NamespaceSync:
 
     async def check_offset(self) -> None:
         """Catch a lost final notification: if, one interval after the relayer reported
-        offset L, we still have not seen seq_num L, rescan."""
+        offset L, we still have not seen seq_num L, rescan. Catch a new history too."""
         try:
-            lsn = await self.api.offset(self.ns)
+            pos = await self.api.position(self.ns)
         except RelayerError as exc:
             self.metrics.inc("unison_client_relayer_errors_total", namespace=self.ns)
             log.debug("%s: offset check failed: %s", self.ns, exc)
             return
+        lsn = pos.lsn
         if lsn is None:
             return
         seen = self.last_seq if self.last_seq is not None else -1
         target = self._offset_target
-        if lsn < seen:
+        if pos.history is not None and self.history is not None and pos.history != self.history:
+            self._needs_rescan = "history-changed"  # the rescan drops the floor
+        elif lsn < seen:
             log.warning(
                 "%s: relayer offset %d is behind seq_num %d seen (relayer reset?)",
                 self.ns,
