@@ -30,6 +30,9 @@ ROWS = """Object.fromEntries([...document.querySelectorAll("tr[data-key]")].map(
   (tr) => [tr.dataset.kind + " " + tr.dataset.key, [...tr.cells].map((td) => td.textContent)]))"""
 
 
+STATUS = "document.getElementById('status').textContent"
+
+
 def chromium_or_skip() -> str:
     path = find_chromium()
     if path:
@@ -49,21 +52,25 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node
 
 
 @pytest.fixture
-async def page(cluster: dict[str, NodeProcess]) -> AsyncIterator[Page]:
-    """The live page of a fresh client, open in a fresh browser, connected."""
+async def client(cluster: dict[str, NodeProcess]) -> AsyncIterator[ClientProcess]:
     client = ClientProcess(client_args(cluster["relayer"], "--resync-interval", "1"))
     await client.start()
     try:
         await client.wait_ready()
-        async with Chromium(chromium_or_skip()) as browser:
-            page = await browser.open(f"http://{HOST}:{client.state_port}/")
-            await page.wait_for("document.getElementById('status').textContent === 'live'",
-                                "the page's event stream")
-            # a reload would lose this: checked at the end of each test
-            await page.evaluate("window.sameDocument = true")
-            yield page
+        yield client
     finally:
         await client.terminate()
+
+
+@pytest.fixture
+async def page(client: ClientProcess) -> AsyncIterator[Page]:
+    """The client's live page, open in a fresh browser, connected."""
+    async with Chromium(chromium_or_skip()) as browser:
+        page = await browser.open(f"http://{HOST}:{client.state_port}/")
+        await page.wait_for(f"{STATUS} === 'live'", "the page's event stream")
+        # a reload would lose this: checked at the end of each test
+        await page.evaluate("window.sameDocument = true")
+        yield page
 
 
 def write(node: NodeProcess, ns: str, key: str, doc: dict[str, Any]) -> None:
@@ -151,4 +158,14 @@ async def test_markup_in_keys_and_values_is_shown_as_text(
     assert await page.evaluate("typeof window.pwned") == "undefined"
     assert await page.evaluate("document.scripts.length") == 1
     assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
+    assert not page.browser.errors(), page.browser.errors()
+
+
+async def test_the_page_says_when_the_client_stops(client: ClientProcess, page: Page) -> None:
+    # the client's shutdown ends the open stream at once (a stream left open would hold
+    # aiohttp's cleanup for its 60 s timeout, beyond terminate()'s bound)
+    assert await client.terminate() == 0
+    await page.wait_for(f"{STATUS} === 'client stopped; reconnecting…'", "the goodbye")
+    assert "the client stopped" in await page.evaluate(
+        "document.getElementById('changes').textContent")
     assert not page.browser.errors(), page.browser.errors()

@@ -304,7 +304,7 @@ _SCRIPT = r"""
 const $ = (id) => document.getElementById(id);
 const COLORS = ["--dc1", "--dc2", "--dc3", "--dc4"];
 const dcColor = new Map();
-let previous = null, source = null, retryMs = 1000;
+let previous = null, source = null, retryMs = 1000, stopped = false;
 
 function el(tag, text, cls) {
   const e = document.createElement(tag);
@@ -431,11 +431,23 @@ function render(view) {
 function setStatus(text, cls) { $("status").textContent = text; $("status").className = cls; }
 function connect() {
   source = new EventSource("events");
-  source.addEventListener("open", () => { retryMs = 1000; setStatus("live", "live"); });
+  source.addEventListener("open", () => {
+    retryMs = 1000;
+    if (stopped) logChange("reconnected");
+    stopped = false;
+    setStatus("live", "live");
+  });
   source.addEventListener("state", (e) => { render(JSON.parse(e.data)); });
-  source.addEventListener("bye", () => setStatus("client stopped; reconnecting…", "down"));
+  source.addEventListener("bye", () => {
+    stopped = true;
+    setStatus("client stopped; reconnecting…", "down");
+    logChange("the client stopped");
+  });
   source.addEventListener("error", () => {
-    if (source.readyState !== EventSource.CLOSED) { setStatus("reconnecting…", "down"); return; }
+    if (source.readyState !== EventSource.CLOSED) {  // the browser retries by itself
+      setStatus(stopped ? "client stopped; reconnecting…" : "reconnecting…", "down");
+      return;
+    }
     // refused (e.g. 503: too many pages open): EventSource gives up, so retry ourselves
     setStatus(`live updates unavailable; retrying in ${retryMs / 1000}s`, "down");
     setTimeout(connect, retryMs);
