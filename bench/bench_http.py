@@ -28,11 +28,12 @@ import sys
 import tempfile
 import time
 import urllib.request
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import HOST, free_port, python_env, stop_process, wait_http
+from bench.procs import HOST, cpu_seconds, free_port, python_env, stop_process, wait_http
 
 NAMESPACE = "bench"
 ROUTE = "/api/v1/{ns}/kv/{key:.+}"
@@ -47,6 +48,7 @@ class HttpSizes:
     value_size: int = 1024
     warmup: float = 1.0
     rounds: int = 1  # bare/node pairs, alternating
+    loop: str = "auto"  # event loop of both servers (unison.eventloop.CHOICES)
 
 
 SIZES = {
@@ -66,6 +68,11 @@ class LoadResult:
     p50_ms: float
     p99_ms: float
     quantiles_ms: list[float] = field(default_factory=list)  # at QUANTILES
+    cpu_s: float = 0.0  # CPU the server (all its processes) spent during the run
+
+    @property
+    def cpu_us_per_op(self) -> float:
+        return self.cpu_s * 1e6 / self.ok if self.ok else 0.0
 
     @property
     def per_s(self) -> float:
@@ -75,7 +82,12 @@ class LoadResult:
 # ---------------------------------------------------------------- processes
 
 
-def start_node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
+def loop_env(loop: str) -> dict[str, str]:
+    """A child Python's environment that runs `loop` (see unison.eventloop)."""
+    return {**python_env(), "UNISON_EVENT_LOOP": loop}
+
+
+def start_node(workdir: Path, port: int, loop: str = "auto") -> subprocess.Popen[bytes]:
     """A durable replicator for NAMESPACE on `port`, data under `workdir` (no gRPC)."""
     from unison.config import GrpcConfig, LogConfig, NodeConfig, StorageConfig, render_toml
 
@@ -89,22 +101,27 @@ def start_node(workdir: Path, port: int) -> subprocess.Popen[bytes]:
     log = open(workdir / "node.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", "unison.cli", "node", "-config", str(config),
                              "replicator"], stdout=log, stderr=subprocess.STDOUT,
-                            env=python_env())
+                            env=loop_env(loop))
     log.close()
     wait_http(port, "/healthz", proc)
     return proc
 
 
-def start_bare(port: int) -> subprocess.Popen[bytes]:
+def start_bare(port: int, loop: str = "auto") -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "bench.bench_http", "--serve-bare", str(port)],
-                            env=python_env())
+                            env=loop_env(loop))
     wait_http(port, "/healthz", proc)
     return proc
 
 
 def serve_bare(port: int) -> None:
-    """The ceiling: aiohttp with the node's route shape and a handler that does nothing."""
+    """The ceiling: aiohttp with the node's route shape and a handler that does nothing, on
+    the event loop the node would choose (UNISON_EVENT_LOOP)."""
     from aiohttp import web
+    from unison import eventloop
+
+    factory, name = eventloop.loop_factory(eventloop.choice_from_env())
+    loop = factory() if factory is not None else asyncio.new_event_loop()
 
     async def nothing(request: web.Request) -> web.Response:
         return web.Response(body=b'{"success":true}', content_type="application/json")
@@ -112,7 +129,7 @@ def serve_bare(port: int) -> None:
     app = web.Application()
     app.router.add_put(ROUTE, nothing)
     app.router.add_get("/healthz", nothing)
-    web.run_app(app, host=HOST, port=port, access_log=None, print=None)
+    web.run_app(app, host=HOST, port=port, access_log=None, print=None, loop=loop)
 
 
 # ---------------------------------------------------------------- load generators
@@ -243,33 +260,54 @@ def _node_commits(port: int) -> int:
         return int(json.loads(r.read())["commits"])
 
 
-def measure(sizes: HttpSizes, generator: str = "auto") -> dict[str, Any]:
+def measure(sizes: HttpSizes, generator: str = "auto",
+            loops: list[str] | None = None) -> dict[str, Any]:
     """Both servers up, then `rounds` x (bare, node) under the same load, alternating so
     that a change in the machine's background load hits both sides alike. Figures are
-    medians over rounds. Returns a flat result."""
-    def load(port: int, seconds: float, prefix: str) -> LoadResult:
-        return drive_puts(port, seconds, sizes.connections, sizes.value_size, prefix, generator)
+    medians over rounds. Returns a flat result; with several `loops`, a pair of servers
+    per event loop, all alternating in each round, and {"loops": {loop: result}}."""
+    loops = loops or [sizes.loop]
 
-    bare_port, node_port = free_port(), free_port()
-    bare_runs: list[LoadResult] = []
-    node_runs: list[LoadResult] = []
-    with tempfile.TemporaryDirectory(prefix="unison-bench-http-") as d:
-        bare_proc = start_bare(bare_port)
-        try:
-            node_proc = start_node(Path(d), node_port)
-            try:
-                if sizes.warmup:
-                    load(bare_port, sizes.warmup, "warm-")
-                    load(node_port, sizes.warmup, "warm-")
-                lsn0, commits0 = _node_offset(node_port), _node_commits(node_port)
-                for r in range(sizes.rounds):
-                    bare_runs.append(load(bare_port, sizes.seconds, f"r{r}-"))
-                    node_runs.append(load(node_port, sizes.seconds, f"r{r}-"))
-                lsn1, commits1 = _node_offset(node_port), _node_commits(node_port)
-            finally:
-                code = stop_process(node_proc)
-        finally:
-            stop_process(bare_proc)
+    def load(proc: subprocess.Popen[bytes], port: int, seconds: float,
+             prefix: str) -> LoadResult:
+        cpu0 = cpu_seconds(proc.pid)
+        result = drive_puts(port, seconds, sizes.connections, sizes.value_size, prefix,
+                            generator)
+        result.cpu_s = cpu_seconds(proc.pid) - cpu0
+        return result
+
+    runs: dict[str, tuple[list[LoadResult], list[LoadResult]]] = {x: ([], []) for x in loops}
+    marks: dict[str, list[tuple[int, int]]] = {x: [] for x in loops}
+    codes: dict[str, int | None] = {}
+    with tempfile.TemporaryDirectory(prefix="unison-bench-http-") as d, ExitStack() as stack:
+        servers = {}
+        for x in loops:
+            bare_port, node_port = free_port(), free_port()
+            bare = start_bare(bare_port, x)
+            stack.callback(stop_process, bare)
+            (Path(d) / x).mkdir()
+            node = start_node(Path(d) / x, node_port, x)
+            stack.callback(lambda x=x, node=node: codes.__setitem__(x, stop_process(node)))
+            servers[x] = (bare, bare_port, node, node_port)
+        for x, (bare, bare_port, node, node_port) in servers.items():
+            if sizes.warmup:
+                load(bare, bare_port, sizes.warmup, "warm-")
+                load(node, node_port, sizes.warmup, "warm-")
+            marks[x].append((_node_offset(node_port), _node_commits(node_port)))
+        for r in range(sizes.rounds):
+            for x, (bare, bare_port, node, node_port) in servers.items():
+                runs[x][0].append(load(bare, bare_port, sizes.seconds, f"r{r}-"))
+                runs[x][1].append(load(node, node_port, sizes.seconds, f"r{r}-"))
+        for x, (_, _, _, node_port) in servers.items():
+            marks[x].append((_node_offset(node_port), _node_commits(node_port)))
+    results = {x: _summary(sizes, x, *runs[x], *marks[x], codes.get(x)) for x in loops}
+    return results[loops[0]] if len(loops) == 1 else {"loops": results}
+
+
+def _summary(sizes: HttpSizes, loop: str, bare_runs: list[LoadResult],
+             node_runs: list[LoadResult], before: tuple[int, int], after: tuple[int, int],
+             code: int | None) -> dict[str, Any]:
+    (lsn0, commits0), (lsn1, commits1) = before, after
     acknowledged = sum(x.ok for x in node_runs)
     committed = lsn1 - lsn0
     if committed < acknowledged:
@@ -279,12 +317,15 @@ def measure(sizes: HttpSizes, generator: str = "auto") -> dict[str, Any]:
     put_per_s = statistics.median(x.per_s for x in node_runs)
     bare_per_s = statistics.median(x.per_s for x in bare_runs)
     return {
+        "loop": loop,
         "put_per_s": put_per_s,
         "put_p50_ms": statistics.median(x.p50_ms for x in node_runs),
         "put_p99_ms": statistics.median(x.p99_ms for x in node_runs),
+        "put_cpu_us": statistics.median(x.cpu_us_per_op for x in node_runs),
         "bare_per_s": bare_per_s,
         "bare_p50_ms": statistics.median(x.p50_ms for x in bare_runs),
         "bare_p99_ms": statistics.median(x.p99_ms for x in bare_runs),
+        "bare_cpu_us": statistics.median(x.cpu_us_per_op for x in bare_runs),
         "ratio": put_per_s / bare_per_s if bare_per_s else 0.0,
         "round_ratios": [n.per_s / b.per_s if b.per_s else 0.0
                          for n, b in zip(node_runs, bare_runs, strict=True)],
@@ -299,7 +340,7 @@ def measure(sizes: HttpSizes, generator: str = "auto") -> dict[str, Any]:
         "bare": asdict(bare),
         "node_rounds": [_brief(x) for x in node_runs],
         "bare_rounds": [_brief(x) for x in bare_runs],
-        "params": asdict(sizes),
+        "params": {**asdict(sizes), "loop": loop},
         "cpus": os.cpu_count(),
         "load_average": list(os.getloadavg()),
     }
@@ -311,7 +352,7 @@ def _median_run(runs: list[LoadResult]) -> LoadResult:
 
 def _brief(x: LoadResult) -> dict[str, float]:
     return {"per_s": round(x.per_s, 1), "p50_ms": round(x.p50_ms, 3), "p99_ms": round(x.p99_ms, 3),
-            "errors": x.errors}
+            "cpu_us_per_op": round(x.cpu_us_per_op, 1), "errors": x.errors}
 
 
 def run(profile: str) -> Any:
@@ -345,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=SIZES["full"].rounds,
                    help="alternating bare/node measurements; figures are medians")
     p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
+    p.add_argument("--loop", nargs="+", choices=("auto", "uvloop", "asyncio"), default=["auto"],
+                   help="event loop of node and ceiling; several: a pair per loop, all "
+                   "alternating in each round (an A/B comparison)")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON result file")
     p.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     p.add_argument("--load", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -365,21 +409,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     sizes = HttpSizes(seconds=args.seconds, connections=args.connections,
-                      value_size=args.value_size, warmup=args.warmup, rounds=args.rounds)
-    r = measure(sizes, args.generator)
+                      value_size=args.value_size, warmup=args.warmup, rounds=args.rounds,
+                      loop=args.loop[0])
+    r = measure(sizes, args.generator, args.loop)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
-    print(f"generator {r['generator']}, {sizes.connections} connections, "
+    for result in r["loops"].values() if "loops" in r else [r]:
+        _print_result(sizes, result, args.out)
+    return 0
+
+
+def _print_result(sizes: HttpSizes, r: dict[str, Any], out: Path) -> None:
+    print(f"loop {r['loop']}, generator {r['generator']}, {sizes.connections} connections, "
           f"{sizes.value_size} B values, {sizes.rounds} x {sizes.seconds:g}s each side, "
           f"load average {r['load_average'][0]:.1f}")
     print(f"node (durable): {r['put_per_s']:9.0f} PUT/s  p50 {r['put_p50_ms']:.2f} ms  "
-          f"p99 {r['put_p99_ms']:.2f} ms  errors {r['put_errors']}  "
-          f"mean group {r['group_size']:.1f}")
+          f"p99 {r['put_p99_ms']:.2f} ms  CPU {r['put_cpu_us']:.0f} us/PUT  "
+          f"errors {r['put_errors']}  mean group {r['group_size']:.1f}")
     print(f"bare handler:   {r['bare_per_s']:9.0f} req/s  p50 {r['bare_p50_ms']:.2f} ms  "
-          f"p99 {r['bare_p99_ms']:.2f} ms  errors {r['bare_errors']}")
+          f"p99 {r['bare_p99_ms']:.2f} ms  CPU {r['bare_cpu_us']:.0f} us/req  "
+          f"errors {r['bare_errors']}")
     print(f"ratio node/bare: {r['ratio']:.2f} (target >= 0.7; per round "
-          f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])}) -> {args.out}")
-    return 0
+          f"{', '.join(f'{x:.2f}' for x in r['round_ratios'])}) -> {out}")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench.procs import HOST, free_port, http_status, python_env, stop_process
+from bench.procs import HOST, cpu_seconds, free_port, http_status, python_env, stop_process
 from bench.report import percentile_or_nan
 
 NAMESPACE = "ad-campaign-dc1"
@@ -328,10 +328,10 @@ def _lag_over_time(acks: dict[str, int], arrivals: dict[str, int]) -> list[tuple
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; 0 where unavailable)."""
+    """User + system CPU time so far of a process and its children (a node's WAL sync
+    helpers), from Linux /proc; 0 where unavailable."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(pid)
     except (OSError, ValueError, IndexError):
         return 0.0
 
@@ -521,7 +521,9 @@ def summary(r: dict[str, Any]) -> dict[str, float]:
                  lag_missing=lag["missing"], lag_put_probe_p50_ms=lag["probe_p50_ms"],
                  lag_put_probe_p99_ms=lag["probe_p99_ms"], ack_p50_ms=lag["ack_p50_ms"],
                  ack_p99_ms=lag["ack_p99_ms"], lag_cpu_dc1_s=lag["cpu_dc1_s"],
-                 lag_cpu_relayer_s=lag["cpu_relayers_s"])
+                 lag_cpu_relayer_s=lag["cpu_relayers_s"],
+                 lag_cpu_dc1_us_per_write=lag["cpu_dc1_s"] * 1e6 / max(1, lag["writes"]),
+                 lag_cpu_relayer_us_per_record=lag["cpu_relayers_s"] * 1e6 / max(1, lag["writes"]))
     if "catchup" in r:
         m.update(catchup_per_s=r["catchup"]["per_s"],
                  catchup_with_start_per_s=r["catchup"]["with_start_per_s"])

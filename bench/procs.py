@@ -73,3 +73,38 @@ def get_json(port: int, path: str) -> tuple[int, Any]:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, None
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every live descendant (the node's WAL sync helpers are its children)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (f := _stat_fields(int(entry))) is not None:
+            parents.setdefault(int(f[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(parents.get(p, ()))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its live descendants, from /proc."""
+    total = 0
+    for p in process_tree(pid):
+        f = _stat_fields(p)
+        if f is not None:
+            total += int(f[11]) + int(f[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / _CLK_TCK

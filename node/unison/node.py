@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from unison import eventloop
 from unison.config import NodeConfig, load_config
 from unison.context import NodeContext
 from unison.crdt import stored as crdt_stored
@@ -192,6 +193,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("role", choices=ROLES + tuple(ROLE_ALIASES),
                    help="node role (UnisonDB's newer names: server = replicator, "
                    "replica or relay = relayer)")
+    p.add_argument("--loop", choices=eventloop.CHOICES, default=None,
+                   help="event loop: uvloop when installed (auto, the default) or asyncio's "
+                   f"own; also ${eventloop.ENV}")
     args = p.parse_args(argv)
     args.role = ROLE_ALIASES.get(args.role, args.role)
     return args
@@ -214,15 +218,16 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config)
-    except ConfigError as e:
+        loop = args.loop or eventloop.choice_from_env()
+    except (ConfigError, ValueError) as e:
         print(f"unison node: {e}", file=sys.stderr)
         return 2
     setup_logging(config.log.log_level, config.log.log_format,
                   timestamps=not config.log.disable_timestamp)
     node = Node(config, args.role)
     try:
-        asyncio.run(_serve(node))
-    except StartupError as e:
+        eventloop.run(_serve(node), loop, program="unison node")
+    except (StartupError, eventloop.LoopUnavailable) as e:
         log.error("start-up failed: %s", e)
         return 1
     return 0
