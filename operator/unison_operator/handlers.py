@@ -23,6 +23,11 @@ with their own registry, login and API client.
   ApplyFailed or ResizeFailed), phase Failed and `Ready=False/ReconcileFailed`; the other
   children are still applied, and the reconcile is retried after `retry_delay`, as is
   any failed API call (status writes included);
+- TLS (spec.tls.enabled, the default): the CA and node certificates live in the Secret
+  `<name>-tls`, an owned child; each reconcile reads it and keeps what is still good
+  (pki.ensure), so the same bytes are applied again and no pod restarts. A deleted or
+  foreign-edited Secret is made again (a new CA: every part rolls) by the next reconcile
+  or resync; Secrets are not watched, so the operator needs no list/watch on Secrets;
 - deletion: owner references let Kubernetes collect the children; PVCs follow the
   StatefulSets' persistentVolumeClaimRetentionPolicy (Retain unless the spec says Delete).
 """
@@ -30,6 +35,8 @@ with their own registry, login and API client.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import datetime
 import logging
@@ -52,6 +59,7 @@ from unison.topology.spec import (
     quantity_value,
 )
 
+from . import pki
 from .kube import KubeClient, KubeError
 from .render import (
     HASH_ANNOTATION,
@@ -61,6 +69,7 @@ from .render import (
     allocation_to_status,
     port_allocation,
     render,
+    tls_parts,
 )
 
 READY = "Ready"  # condition: every part has its pods ready
@@ -472,6 +481,36 @@ def previous_ports(cluster: Mapping[str, Any] | None) -> PortAllocation | None:
     return allocation_from_status(((cluster or {}).get("status") or {}).get("ports"))
 
 
+def _secret_data(live: Mapping[str, Any] | None, cluster: str) -> dict[str, bytes]:
+    """The decoded data of our TLS Secret; nothing from a Secret this cluster does not
+    manage (applying ours over it then fails as a NameConflict)."""
+    if not live:
+        return {}
+    lbl = live.get("metadata", {}).get("labels") or {}
+    if lbl.get("app.kubernetes.io/managed-by") != MANAGER or \
+            lbl.get("app.kubernetes.io/instance") != cluster:
+        return {}
+    out: dict[str, bytes] = {}
+    for key, value in (live.get("data") or {}).items():
+        try:
+            out[key] = base64.b64decode(value, validate=True)
+        except (binascii.Error, TypeError):
+            continue  # unusable: pki.ensure replaces what it needs
+    return out
+
+
+async def tls_material(api: KubeClient, spec: ClusterSpec, name: str,
+                       namespace: str) -> dict[str, bytes] | None:
+    """The TLS Secret's data for this spec: the live one where still good (same bytes, so
+    nothing restarts), new keys only where needed; None with spec.tls.enabled false."""
+    parts = tls_parts(spec, name, namespace)
+    if not parts:
+        return None
+    live = await api.get("Secret", namespace, Names(name).tls_secret)
+    now = datetime.datetime.now(datetime.UTC)
+    return pki.ensure(_secret_data(live, name), name, parts, now)
+
+
 async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, namespace: str,
                     uid: str, generation: int | None,
                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
@@ -487,9 +526,10 @@ async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, 
     # predate our last status write).
     current = await api.get(KIND, namespace, name)
     ports = port_allocation(spec, name, namespace, previous_ports(current or body))
+    tls = await tls_material(api, spec, name, namespace)
     changes = 0
     failures: list[tuple[str, str]] = []  # (reason, message)
-    for obj in render(spec, name, namespace, uid, ports=ports):
+    for obj in render(spec, name, namespace, uid, ports=ports, tls=tls):
         what = f"{obj['kind']} {obj['metadata']['name']}"
         try:
             action = await apply_object(api, obj, body, cfg)
@@ -539,7 +579,8 @@ async def repair_child(api: KubeClient, cfg: OperatorConfig, namespace: str, clu
         return None  # status says Invalid; nothing to render
     uid = cluster.get("metadata", {}).get("uid")
     ports = port_allocation(spec, cluster_name, namespace, previous_ports(cluster))
-    desired = next((o for o in render(spec, cluster_name, namespace, uid, ports=ports)
+    tls = await tls_material(api, spec, cluster_name, namespace)
+    desired = next((o for o in render(spec, cluster_name, namespace, uid, ports=ports, tls=tls)
                     if o["kind"] == kind and o["metadata"]["name"] == name), None)
     if desired is None:
         return None  # not (or no longer) one of ours

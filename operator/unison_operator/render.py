@@ -1,21 +1,27 @@
 """Pure rendering: a validated UnisonCluster -> the Kubernetes objects it consists of.
 
 No I/O and no clock: the same spec, name and namespace always give the same list of
-dicts, in the same order (ConfigMap first, then per part Services, NetworkPolicy,
-StatefulSet, PDB, then the client). Every object carries `unisondb.io/applied-hash`, a digest of the rest of the
+dicts, in the same order (ConfigMap and the TLS Secret first, then per part Services,
+NetworkPolicy, StatefulSet, PDB, then the client). Keys and certificates are inputs (the
+handler keeps them in the Secret, see pki.py), never made here. Every object carries `unisondb.io/applied-hash`, a digest of the rest of the
 object, which lets the operator skip writes when the live object is already up to date.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from unison.config import render_toml
 from unison.topology.plan import (
     RELAYER_NAME,
+    TLS_CA_FILE,
+    TLS_CERT_FILE,
+    TLS_KEY_FILE,
     NodePlan,
     PortAllocation,
     allocation_of,
@@ -25,10 +31,13 @@ from unison.topology.spec import API_VERSION, KIND, ClusterSpec, PlacementSpec, 
 
 DATA_DIR = "/data"
 CONFIG_DIR = "/etc/unison"
+# Not under CONFIG_DIR: that is a read-only ConfigMap volume.
+TLS_DIR = "/etc/unison-tls"
 RUN_AS = 10001
 MANAGER = "unison-operator"
 HASH_ANNOTATION = "unisondb.io/applied-hash"
 CONFIG_HASH_ANNOTATION = "unisondb.io/config-hash"
+TLS_HASH_ANNOTATION = "unisondb.io/tls-hash"
 ZMQ_PORTS_ANNOTATION = "unisondb.io/zmq-ports"
 PART_LABEL = "unisondb.io/part"
 DEFAULT_RESOURCES = {
@@ -58,6 +67,10 @@ class Names:
 
     def network_policy(self, part: str) -> str:
         return f"{self.cluster}-{part}"
+
+    @property
+    def tls_secret(self) -> str:
+        return f"{self.cluster}-tls"
 
     @property
     def client(self) -> str:
@@ -96,7 +109,39 @@ def k8s_plans(spec: ClusterSpec, name: str, namespace: str,
         return f"{pod}.{names.headless(dc)}.{namespace}.svc.{spec.cluster_domain}:{port}"
 
     return spec.plan(base_dir=lambda _node: DATA_DIR, upstream_address=upstream,
-                     allocation=ports)
+                     allocation=ports, tls_dir=TLS_DIR if spec.tls.enabled else None)
+
+
+def tls_dns_names(spec: ClusterSpec, name: str, namespace: str, part: str) -> list[str]:
+    """The names a part's certificate is valid for: its pods through the headless Service
+    (what the relayer dials, see k8s_plans; a wildcard, so relayer replicas need no new
+    certificate) and its client Service, short and qualified."""
+    names = Names(name)
+    svc, headless = names.service(part), names.headless(part)
+    domain = f"{namespace}.svc.{spec.cluster_domain}"
+    return [f"*.{headless}.{domain}", f"{names.statefulset(part)}-0.{headless}.{domain}",
+            f"{headless}.{domain}", f"{svc}.{domain}", f"{svc}.{namespace}.svc",
+            f"{svc}.{namespace}", svc]
+
+
+# Keys of the TLS Secret (pki.py fills them): the CA, and a certificate and key per part.
+SECRET_CA_CERT, SECRET_CA_KEY = "ca.crt", "ca.key"
+
+
+def secret_cert(part: str) -> str:
+    return f"{part}.crt"
+
+
+def secret_key(part: str) -> str:
+    return f"{part}.key"
+
+
+def tls_parts(spec: ClusterSpec, name: str, namespace: str) -> dict[str, list[str]]:
+    """part -> DNS names, for every part that needs a certificate (none without TLS)."""
+    if not spec.tls.enabled:
+        return {}
+    parts = [dc.name for dc in spec.datacenters] + [RELAYER_NAME]
+    return {p: tls_dns_names(spec, name, namespace, p) for p in parts}
 
 
 def port_allocation(spec: ClusterSpec, name: str, namespace: str,
@@ -211,6 +256,35 @@ def config_map(name: str, namespace: str, plans: list[NodePlan],
     }
 
 
+def tls_secret(name: str, namespace: str, data: Mapping[str, bytes],
+               owner: dict[str, Any] | None) -> dict[str, Any]:
+    """The cluster's CA and node credentials (made by the handler, see pki.py)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(Names(name).tls_secret, namespace, labels(name, "tls", "tls"), owner),
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v).decode() for k, v in sorted(data.items())},
+    }
+
+
+def tls_hash(data: Mapping[str, bytes] | None, part: str) -> str | None:
+    """Digest of what a part's pods load (CA and own certificate): a new one rolls them."""
+    if not data or secret_cert(part) not in data:
+        return None
+    return digest([data.get(SECRET_CA_CERT, b"").decode(), data[secret_cert(part)].decode()])
+
+
+def _tls_volume(names: Names, part: str) -> dict[str, Any]:
+    """Only the part's own certificate and key, and the CA certificate (not its key)."""
+    items = [{"key": SECRET_CA_CERT, "path": TLS_CA_FILE},
+             {"key": secret_cert(part), "path": TLS_CERT_FILE},
+             {"key": secret_key(part), "path": TLS_KEY_FILE}]
+    # 0440: root-owned files the pod's group (fsGroup) reads.
+    return {"name": "tls", "secret": {"secretName": names.tls_secret, "items": items,
+                                      "defaultMode": 0o440}}
+
+
 def services(name: str, namespace: str, plan: NodePlan, component: str,
              owner: dict[str, Any] | None) -> list[dict[str, Any]]:
     names = Names(name)
@@ -240,7 +314,8 @@ def services(name: str, namespace: str, plan: NodePlan, component: str,
 
 
 def statefulset(name: str, namespace: str, spec: ClusterSpec, plan: NodePlan, toml: str,
-                owner: dict[str, Any] | None) -> dict[str, Any]:
+                owner: dict[str, Any] | None, tls: Mapping[str, bytes] | None = None,
+                ) -> dict[str, Any]:
     names = Names(name)
     if plan.role == "relayer":
         component, replicas = "relayer", spec.relayer.replicas
@@ -254,6 +329,16 @@ def statefulset(name: str, namespace: str, spec: ClusterSpec, plan: NodePlan, to
     lbl = labels(name, component, plan.name)
     pod_spec = _node_pod_spec(spec, plan, names, resources)
     _placement(pod_spec, placement)
+    # The config hash makes a TOML change roll exactly the pods it concerns; the TLS hash
+    # does the same for a reissued certificate.
+    template_annotations = {CONFIG_HASH_ANNOTATION: digest(toml)}
+    if spec.tls.enabled:
+        pod_spec["containers"][0]["volumeMounts"].append(
+            {"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        pod_spec["volumes"].append(_tls_volume(names, plan.name))
+        part_hash = tls_hash(tls, plan.name)
+        if part_hash:
+            template_annotations[TLS_HASH_ANNOTATION] = part_hash
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -267,9 +352,7 @@ def statefulset(name: str, namespace: str, spec: ClusterSpec, plan: NodePlan, to
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": storage.reclaim_policy,
                                                      "whenScaled": "Retain"},
             "template": {
-                # The config hash makes a TOML change roll exactly the pods it concerns.
-                "metadata": {"labels": lbl,
-                             "annotations": {CONFIG_HASH_ANNOTATION: digest(toml)}},
+                "metadata": {"labels": lbl, "annotations": template_annotations},
                 "spec": pod_spec,
             },
             "volumeClaimTemplates": [_pvc_template(storage, lbl)],
@@ -317,7 +400,8 @@ def _node_pod_spec(spec: ClusterSpec, plan: NodePlan, names: Names,
 def network_policy(name: str, namespace: str, plan: NodePlan, plans: list[NodePlan],
                    component: str, owner: dict[str, Any] | None) -> dict[str, Any]:
     """Ingress of one part's pods: HTTP and ZeroMQ open to every source (users, the
-    client); gRPC, which carries replication in plaintext, only to the pods of this
+    client); gRPC, which carries replication (mutual TLS unless spec.tls says no), only
+    to the pods of this
     UnisonCluster that follow the part (a datacenter: the relayer) or, on the relayer, to
     any pod of this UnisonCluster. Ports are the node's own (its TOML), not named ports.
     Egress is not restricted. `kubectl port-forward` does not pass through NetworkPolicy."""
@@ -425,19 +509,24 @@ def with_hash(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def render(spec: ClusterSpec, name: str, namespace: str, uid: str | None = None,
-           ports: PortAllocation | None = None) -> list[dict[str, Any]]:
+           ports: PortAllocation | None = None,
+           tls: Mapping[str, bytes] | None = None) -> list[dict[str, Any]]:
     """Every object of the cluster, in apply order. `uid` adds owner references; `ports`
-    keeps the ports nodes already have (without it: the i-th node gets index i)."""
+    keeps the ports nodes already have (without it: the i-th node gets index i); `tls` is
+    the TLS Secret's data (pki.ensure). With spec.tls on and no `tls` (`unison render`),
+    the pods still mount the Secret <name>-tls, which is then not rendered."""
     owner = _owner(name, uid)
     plans = k8s_plans(spec, name, namespace, ports)
     cm = config_map(name, namespace, plans, owner)
     objects: list[dict[str, Any]] = [cm]
+    if spec.tls.enabled and tls:
+        objects.append(tls_secret(name, namespace, tls, owner))
     for plan in plans:
         component = "relayer" if plan.role == "relayer" else "datacenter"
         objects += services(name, namespace, plan, component, owner)
         objects.append(network_policy(name, namespace, plan, plans, component, owner))
         objects.append(statefulset(name, namespace, spec, plan, cm["data"][f"{plan.name}.toml"],
-                                   owner))
+                                   owner, tls))
         objects.append(pod_disruption_budget(name, namespace, plan.name, component, owner))
     if spec.client.enabled:
         objects += client_objects(name, namespace, spec, plans[-1], owner)

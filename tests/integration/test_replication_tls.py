@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 from unison.config import GrpcConfig, UpstreamConfig
-from unison.errors import StartupError
+from unison.config.parse import parse_config
+from unison.errors import ConfigError, StartupError
 from unison.replication.follower import Follower
 from unison.replication.server import ReplicationServer
+from unison.replication.tls import TLSConfigError, server_credentials
 from unison.storage import Mutation, NamespaceStore, Op
 
 from tests.support.nodes import HOST, seed_cluster
@@ -167,7 +169,8 @@ def test_node_process_with_a_non_pem_certificate_fails_naming_key_and_file(
     junk = _not_pem(tmp_path, pki)["junk"]
     dc1 = seed_cluster(tmp_path, [("dc1", ["ad-campaign-dc1"])])["dc1"]
     g = dc1.config.grpc
-    g.allow_insecure, g.cert_path, g.key_path = False, junk, pki["server.key"]
+    g.allow_insecure, g.cert_path, g.key_path, g.ca_path = (
+        False, junk, pki["server.key"], pki["ca.crt"])
     dc1.start(wait=False)
     assert dc1.proc is not None
     try:
@@ -177,6 +180,48 @@ def test_node_process_with_a_non_pem_certificate_fails_naming_key_and_file(
     logs = dc1.logs()
     assert f"start-up failed: gRPC TLS: grpc_config.cert_path: {junk} is not a PEM file" in logs
     assert "in use" not in logs and "Traceback" not in logs, logs
+
+
+def test_a_server_without_a_ca_is_refused_mutual_tls_only(pki: dict[str, str]) -> None:
+    """TLS that verifies no client is not offered: ca_path is required with TLS."""
+    with pytest.raises(TLSConfigError, match=r"grpc_config\.ca_path: required when "
+                       r"allow_insecure = false \(replication is mutual TLS"):
+        server_credentials(pki["server.crt"], pki["server.key"], "")
+
+
+MTLS = "required when allow_insecure = false (the default): replication is mutual TLS"
+
+
+@pytest.mark.parametrize("grpc, upstream, message", [
+    ({"cert_path": "/c", "key_path": "/k"}, None, f"grpc_config.ca_path: {MTLS}, clients must "
+     "present a certificate signed by this CA; set allow_insecure = true for plaintext gRPC"),
+    ({"allow_insecure": True}, {"ca_path": "/ca"},
+     f"relayer_config.dc1.cert_path: {MTLS}, the upstream requires a client certificate"),
+    ({"allow_insecure": True}, {"ca_path": "/ca", "cert_path": "/c"},
+     f"relayer_config.dc1.key_path: {MTLS}, the upstream requires a client certificate"),
+])
+def test_config_with_tls_but_no_mutual_tls_names_the_missing_key(
+        grpc: dict[str, object], upstream: dict[str, object] | None, message: str) -> None:
+    doc: dict[str, object] = {"http_port": 8001, "grpc_config": {"port": 4001, **grpc},
+                              "storage_config": {"base_dir": "/d", "namespaces": [NS]}}
+    if upstream is not None:
+        doc["relayer_config"] = {"dc1": {"namespaces": [NS], "upstream_address": "a:1",
+                                         **upstream}}
+    with pytest.raises(ConfigError) as err:
+        parse_config(doc, "x.toml")
+    assert message in str(err.value)
+
+
+def test_full_mutual_tls_config_parses(pki: dict[str, str]) -> None:
+    files = {"ca_path": pki["ca.crt"], "cert_path": pki["server.crt"],
+             "key_path": pki["server.key"]}
+    cfg = parse_config({"http_port": 8001, "grpc_config": {"port": 4001, **files},
+                        "storage_config": {"base_dir": "/d", "namespaces": [NS]},
+                        "relayer_config": {"dc1": {"namespaces": [NS],
+                                                   "upstream_address": "a:1", **files}}},
+                       "x.toml")
+    assert not cfg.grpc.allow_insecure and cfg.grpc.ca_path == pki["ca.crt"]
+    assert cfg.upstreams[0].cert_path == pki["server.crt"]
 
 
 def test_tls_between_node_processes(tmp_path: Path, pki: dict[str, str]) -> None:

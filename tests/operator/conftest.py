@@ -8,6 +8,7 @@ kubelet/controller part by writing children's status themselves.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import datetime
@@ -33,6 +34,7 @@ UC_PATH = f"/apis/unisondb.io/v1alpha1/namespaces/{NS}/unisonclusters"
 CHILD_RESOURCES = {
     "v1/configmaps": "ConfigMap",
     "v1/services": "Service",
+    "v1/secrets": "Secret",
     "v1/persistentvolumeclaims": "PersistentVolumeClaim",
     "apps/v1/statefulsets": "StatefulSet",
     "apps/v1/deployments": "Deployment",
@@ -156,6 +158,12 @@ def live(k8s: kmock.KubernetesEmulator, kind: str, name: str) -> dict[str, Any]:
     if obj.deleted:
         raise KeyError(name)
     return copy.deepcopy(dict(obj.raw))
+
+
+def tls_data(k8s: kmock.KubernetesEmulator, cluster: str = "ad-campaign") -> dict[str, bytes]:
+    """The decoded data of a cluster's TLS Secret (the input `render(tls=...)` takes)."""
+    data = live(k8s, "Secret", f"{cluster}-tls")["data"]
+    return {k: base64.b64decode(v) for k, v in data.items()}
 
 
 def as_sent(obj: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from .conftest import (
     example,
     live,
     running_operator,
+    tls_data,
     writes,
 )
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
 EXPECTED = [
-    ("ConfigMap", "ad-campaign-config"),
+    ("ConfigMap", "ad-campaign-config"), ("Secret", "ad-campaign-tls"),
     ("Service", "ad-campaign-dc1-headless"), ("Service", "ad-campaign-dc1"),
     ("NetworkPolicy", "ad-campaign-dc1"),
     ("StatefulSet", "ad-campaign-dc1"), ("PodDisruptionBudget", "ad-campaign-dc1"),
@@ -75,7 +76,8 @@ async def test_create_makes_every_child_owned_by_the_cluster(k8s: Any) -> None:
                          "blockOwnerDeletion": True}
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "ad-campaign"
     # What was stored is exactly what `unison render` shows (plus owner references).
-    rendered = render(parse_cluster(example()), "ad-campaign", NS, "uid-ad-campaign")
+    rendered = render(parse_cluster(example()), "ad-campaign", NS, "uid-ad-campaign",
+                      tls=tls_data(k8s))
     assert [as_sent(live(k8s, o["kind"], o["metadata"]["name"])) for o in rendered] == rendered
 
 
@@ -141,7 +143,7 @@ async def test_storage_change_and_new_datacenter_update_the_children(k8s: Any) -
                                               "ad-campaign-dc3": 5557}}
     assert ports["dc3"] == {"index": 4, "http": 8004, "grpc": 4004}
     expected = render(parse_cluster(cluster), "ad-campaign", NS, "uid-ad-campaign",
-                      ports=allocation_from_status(ports))
+                      ports=allocation_from_status(ports), tls=tls_data(k8s))
     for obj in expected:
         assert as_sent(live(k8s, obj["kind"], obj["metadata"]["name"])) == obj
     relayer_ports = {p["name"]: p["port"] for p in

@@ -81,6 +81,11 @@ operator/unison_operator (handlers.py, kube.py) and of kopf underneath it.
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# The cluster's TLS Secret (<name>-tls: its CA and node certificates): read at each
+# reconcile, written with server-side apply. Not listed or watched: the resync repairs it.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
 # Growing the data volumes when spec storage grows.
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]

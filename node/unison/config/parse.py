@@ -38,6 +38,14 @@ log = logging.getLogger(__name__)
 # Plaintext gRPC is opt-in (UnisonDB's default); say so where a TLS path is missing.
 _TLS_REQUIRED = ("required when allow_insecure = false (the default); set allow_insecure = true "
                  "for plaintext gRPC")
+# TLS always means mutual TLS: a server verifies its clients against ca_path, a follower
+# presents a certificate (UnisonDB's server requires one too).
+_MTLS_SERVER = ("required when allow_insecure = false (the default): replication is mutual TLS, "
+                "clients must present a certificate signed by this CA; set allow_insecure = true "
+                "for plaintext gRPC")
+_MTLS_CLIENT = ("required when allow_insecure = false (the default): replication is mutual TLS, "
+                "the upstream requires a client certificate; set allow_insecure = true for "
+                "plaintext gRPC")
 
 
 class _Section:
@@ -183,6 +191,8 @@ def _grpc(g: _Section) -> GrpcConfig:
         for k in ("cert_path", "key_path"):
             if not getattr(grpc, k):
                 raise ConfigError(f"grpc_config.{k}: {_TLS_REQUIRED}")
+        if not grpc.ca_path:
+            raise ConfigError(f"grpc_config.ca_path: {_MTLS_SERVER}")
     g.warn_unknown()
     return grpc
 
@@ -292,6 +302,9 @@ def _upstreams(r: _Section, served: set[str]) -> list[UpstreamConfig]:
         # After the namespace checks: those name a mistake even in a plaintext-meant entry.
         if not up.allow_insecure and not up.ca_path:
             raise ConfigError(f"{e.key('ca_path')}: {_TLS_REQUIRED}")
+        for k in ("cert_path", "key_path"):
+            if not up.allow_insecure and not getattr(up, k):
+                raise ConfigError(f"{e.key(k)}: {_MTLS_CLIENT}")
         e.warn_unknown()
         out.append(up)
     return out

@@ -95,19 +95,24 @@ def _pair(cert_path: str, key_path: str, section: str) -> tuple[bytes, bytes]:
 
 def server_credentials(cert_path: str, key_path: str, ca_path: str = "",
                        section: str = "grpc_config") -> grpc.ServerCredentials:
-    """Server cert/key; with a CA, clients must present a certificate signed by it."""
+    """Mutual TLS: the server's cert/key, and clients must present a certificate signed
+    by the CA in ca_path (TLS without client verification is not offered)."""
     if not cert_path or not key_path:
         raise TLSConfigError(f"{section}: cert_path and key_path are required when "
                              "allow_insecure = false")
     cert, key = _pair(cert_path, key_path, section)
-    ca = _certificates(ca_path, "ca_path", section) if ca_path else None
+    if not ca_path:
+        raise TLSConfigError(f"{section}.ca_path: required when allow_insecure = false "
+                             "(replication is mutual TLS: clients are verified against it)")
+    ca = _certificates(ca_path, "ca_path", section)
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=ca is not None)
+                                       require_client_auth=True)
 
 
 def channel_credentials(ca_path: str, cert_path: str = "", key_path: str = "",
                         section: str = "relayer_config") -> grpc.ChannelCredentials:
-    """Trust the upstream via ca_path; present a client certificate when one is configured."""
+    """Trust the upstream via ca_path; present a client certificate when one is configured
+    (config parsing requires one with TLS; servers refuse a client without)."""
     ca = _certificates(ca_path, "ca_path", section) if ca_path else None
     if bool(cert_path) != bool(key_path):
         raise TLSConfigError(f"{section}: cert_path and key_path must be given together")

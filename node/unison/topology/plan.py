@@ -115,6 +115,18 @@ def _notifier_ports(namespaces: Sequence[str], base: int, allocation: PortAlloca
     return {ns: out[ns] for ns in namespaces}
 
 
+# File names of a node's credentials in `tls_dir` (one set per node: the certificate it
+# serves replication with is also the client certificate it follows upstreams with).
+TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE = "tls.crt", "tls.key", "ca.crt"
+
+
+def _grpc_config(port: int, tls_dir: str | None) -> GrpcConfig:
+    if tls_dir is None:
+        return GrpcConfig(port=port, allow_insecure=True)
+    return GrpcConfig(port=port, allow_insecure=False, cert_path=f"{tls_dir}/{TLS_CERT_FILE}",
+                      key_path=f"{tls_dir}/{TLS_KEY_FILE}", ca_path=f"{tls_dir}/{TLS_CA_FILE}")
+
+
 def node_ports(index: int) -> tuple[int, int]:
     """(http, grpc) ports of the index-th node (1-based)."""
     return HTTP_BASE_PORT + index, GRPC_BASE_PORT + index
@@ -130,6 +142,7 @@ def plan_cluster(
     log_level: str = "info",
     allocation: PortAllocation | None = None,
     crdt_merge: Collection[str] | None = None,
+    tls_dir: str | None = None,
 ) -> list[NodePlan]:
     """The nodes of a cluster: one primary per datacenter, then one relayer.
 
@@ -137,8 +150,10 @@ def plan_cluster(
     relayer follows (every followed namespace gets a notifier port, counting up from
     `notifier_base_port`). `base_dir(node_name)` gives each node's data directory and
     `upstream_address(dc_name, grpc_port)` the address the relayer dials, so local mode
-    and Kubernetes differ only in those two. Their gRPC is plaintext (no certificates are
-    provisioned), so it is asked for explicitly: the rendered TOML says allow_insecure = true.
+    and Kubernetes differ only in those two. Without `tls_dir` their gRPC is plaintext,
+    asked for explicitly (the rendered TOML says allow_insecure = true); with it, every
+    node serves and follows over mutual TLS with `tls_dir`/tls.crt, tls.key and ca.crt
+    (the operator mounts each node's own files there).
 
     Without `allocation` the i-th node (datacenters in order, then the relayer) gets index
     i. With one, nodes and namespaces it lists keep their ports and new ones get the lowest
@@ -150,27 +165,20 @@ def plan_cluster(
     indices = _node_indices([name for name, _ in datacenters] + [RELAYER_NAME],
                             allocation.indices if allocation else {})
     plans = [_datacenter(name, list(namespaces), indices[name], base_dir, log_level,
-                         crdt_merge is None or name in crdt_merge)
+                         crdt_merge is None or name in crdt_merge, tls_dir)
              for name, namespaces in datacenters]
     by_name = {p.name: p for p in plans}
     index = indices[RELAYER_NAME]
     http, grpc = node_ports(index)
     relayed = [ns for dc in follow for ns in by_name[dc].config.storage.namespaces]
     notifier_ports = _notifier_ports(relayed, notifier_base_port, allocation, {http, grpc})
+    server = _grpc_config(grpc, tls_dir)
     cfg = NodeConfig(
         http_port=http,
-        grpc=GrpcConfig(port=grpc, allow_insecure=True),
+        grpc=server,
         http=HttpConfig(listen_ip=ALL_INTERFACES),
         storage=StorageConfig(base_dir=base_dir(RELAYER_NAME), namespaces=relayed),
-        upstreams=[
-            UpstreamConfig(
-                name=dc,
-                namespaces=list(by_name[dc].config.storage.namespaces),
-                upstream_address=upstream_address(dc, by_name[dc].grpc_port),
-                allow_insecure=True,
-            )
-            for dc in follow
-        ],
+        upstreams=[_upstream(by_name[dc], upstream_address, server) for dc in follow],
         notifiers=[
             NotifierConfig(namespace=ns, bind_port=notifier_ports[ns]) for ns in relayed
         ],
@@ -181,13 +189,22 @@ def plan_cluster(
     return plans
 
 
+def _upstream(dc: NodePlan, upstream_address: Callable[[str, int], str],
+              server: GrpcConfig) -> UpstreamConfig:
+    """The relayer's entry for a datacenter; it follows with its own credentials."""
+    return UpstreamConfig(name=dc.name, namespaces=list(dc.config.storage.namespaces),
+                          upstream_address=upstream_address(dc.name, dc.grpc_port),
+                          allow_insecure=server.allow_insecure, cert_path=server.cert_path,
+                          key_path=server.key_path, ca_path=server.ca_path)
+
+
 def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable[[str], str],
-                log_level: str, crdt_merge: bool = True) -> NodePlan:
-    """A datacenter's primary: writable, plaintext gRPC (asked for: no certificates)."""
+                log_level: str, crdt_merge: bool = True, tls_dir: str | None = None) -> NodePlan:
+    """A datacenter's primary: writable; gRPC plaintext (asked for) unless `tls_dir`."""
     http, grpc = node_ports(index)
     cfg = NodeConfig(
         http_port=http,
-        grpc=GrpcConfig(port=grpc, allow_insecure=True),
+        grpc=_grpc_config(grpc, tls_dir),
         http=HttpConfig(listen_ip=ALL_INTERFACES),
         # CRDT writes merged on the node (monotone stored state), unless turned off.
         storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces,

@@ -132,10 +132,18 @@ class ClientSpec:
 
 
 @dataclass(frozen=True)
+class TLSSpec:
+    # Mutual TLS for replication on Kubernetes (the operator's CA); local mode
+    # (`unison up`, loopback only) stays plaintext whatever this says.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     datacenters: tuple[DatacenterSpec, ...]
     relayer: RelayerSpec
     client: ClientSpec = field(default_factory=ClientSpec)
+    tls: TLSSpec = field(default_factory=TLSSpec)
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     log_level: str = "info"
@@ -155,12 +163,14 @@ class ClusterSpec:
         base_dir: str | Path | Callable[[str], str],
         upstream_address: Callable[[str, int], str] | None = None,
         allocation: PortAllocation | None = None,
+        tls_dir: str | None = None,
     ) -> list[NodePlan]:
         """The nodes of this cluster (datacenters in order, then the relayer).
 
         `base_dir` is a directory (node data goes to `<base_dir>/<node>`) or a function
         of the node name; `upstream_address(dc, grpc_port)` defaults to 127.0.0.1;
-        `allocation` keeps the ports of nodes that already have some (the operator's).
+        `allocation` keeps the ports of nodes that already have some (the operator's);
+        `tls_dir` turns on mutual TLS with each node's files there (see plan_cluster).
         """
         if callable(base_dir):
             dir_of = base_dir
@@ -178,6 +188,7 @@ class ClusterSpec:
             log_level=self.log_level,
             allocation=allocation,
             crdt_merge={dc.name for dc in self.datacenters if dc.crdt_merge},
+            tls_dir=tls_dir,
         )
 
 
@@ -440,6 +451,13 @@ def _client(data: Any) -> ClientSpec:
     )
 
 
+def _tls(data: Any) -> TLSSpec:
+    path = "spec.tls"
+    d = _mapping(data, path)
+    _known(d, path, ("enabled",))
+    return TLSSpec(enabled=_bool(d, "enabled", path, True))
+
+
 def _check_name(name: str, datacenters: list[DatacenterSpec]) -> None:
     if not DNS_LABEL_RE.match(name):
         raise SpecError(
@@ -478,7 +496,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
 
     path = "spec"
     _known(spec, path, ("image", "imagePullPolicy", "logLevel", "clusterDomain", "datacenters",
-                        "relayer", "client"))
+                        "relayer", "client", "tls"))
     raw_dcs = spec.get("datacenters")
     if raw_dcs is None:
         raise SpecError("spec.datacenters: required field is missing")
@@ -501,6 +519,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
         datacenters=tuple(datacenters),
         relayer=_relayer(spec.get("relayer"), datacenters),
         client=_client(spec.get("client")),
+        tls=_tls(spec.get("tls")),
         image=image,
         image_pull_policy=_enum(spec, "imagePullPolicy", path, "IfNotPresent", PULL_POLICIES),
         log_level=_enum(spec, "logLevel", path, "info", LOG_LEVELS),
