@@ -125,8 +125,15 @@ async def test_the_page_shows_each_scenario_as_it_converges(
     changes = await page.evaluate("document.getElementById('changes').textContent")
     assert 'lww:user-status → "away" from ad-campaign-dc2' in changes
     assert "counter:api-calls → total 175" in changes
-    namespaces = await page.evaluate("""[...document.querySelectorAll(
-        "#namespaces tr[data-namespace]")].map((tr) => tr.dataset.namespace)""")
+    # each namespace: synced, client lag 0 at the relayer's offset, the relayer caught up
+    # with the datacenter it follows (read from the relayer every couple of seconds)
+    namespaces = await page.wait_for("""(() => {
+      const rows = [...document.querySelectorAll("#namespaces tr[data-namespace]")];
+      const done = rows.every((tr) => tr.cells[2].textContent === "yes"
+        && tr.cells[5].textContent === "0" && tr.cells[3].textContent === tr.cells[4].textContent
+        && / lag 0$/.test(tr.cells[7].textContent));
+      return done && rows.map((tr) => tr.dataset.namespace);
+    })()""", "every namespace caught up on the page")
     assert sorted(namespaces) == sorted(owner)
     relayer = cluster["relayer"].http_port
     assert await page.evaluate("document.getElementById('relayer').textContent") == (

@@ -14,9 +14,12 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+import zmq.asyncio
 from aiohttp import web
 from unison.client import server
 from unison.client.metrics import Metrics
+from unison.client.relayer import RelayerAPI
+from unison.client.sync import NamespaceSync, StdoutPrinter
 from unison.client.web import MAX_VALUE_CHARS, LiveView, add_routes
 from unison.crdt import CRDTState
 
@@ -166,3 +169,30 @@ async def test_shutdown_ends_open_streams_with_a_goodbye(served: Served) -> None
     # the runner would wait up to its 60 s shutdown timeout for a stream still open
     await asyncio.wait_for(cleanup, WAIT)
     assert served.view._poller is None
+
+
+async def test_namespaces_show_progress_resyncs_and_an_unreachable_relayer() -> None:
+    state, metrics = CRDTState(), Metrics()
+    ctx = zmq.asyncio.Context()
+    async with aiohttp.ClientSession() as session:
+        # nothing listens on port 1: the relayer's stats cannot be read
+        api = RelayerAPI(f"http://{HOST}:1", session)
+        sync = NamespaceSync("dc1", "tcp://127.0.0.1:5555", ctx=ctx, api=api, state=state,
+                             metrics=metrics, printer=StdoutPrinter(quiet=True),
+                             resync_interval=0, stop=asyncio.Event())
+        try:
+            sync.last_seq, sync.synced = 41, True
+            metrics.inc("unison_client_rescans_total", namespace="dc1", reason="bootstrap")
+            metrics.inc("unison_client_rescans_total", 2, namespace="dc1", reason="gap")
+            metrics.inc("unison_client_rescans_total", namespace="other", reason="gap")
+            view = LiveView(state, metrics, [sync])
+            await view._read_relayer()
+            (row,) = view.view()["namespaces"]
+        finally:
+            sync.close()
+            ctx.term()
+    assert view.view()["relayer"] == f"http://{HOST}:1"
+    assert row["namespace"] == "dc1" and row["last_seq"] == 41 and row["synced"] is True
+    assert (row["resyncs"], row["resyncs_by_reason"]) == (2, {"gap": 2})  # not the bootstrap
+    assert row["lag"] is None and row["upstream"] is None
+    assert "ClientConnectorError" in row["relayer_error"]
