@@ -80,5 +80,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster) -> Operator:
-    """The operator as users install it: the chart, cluster-wide, in unison-system."""
-    return install_operator(cluster, "unison-system", "unison-operator", {})
+    """The operator as users install it: the chart in unison-system, cluster-wide (asked
+    for: the chart's default scope is its own namespace) since the suite's clusters live
+    in several namespaces."""
+    return install_operator(cluster, "unison-system", "unison-operator",
+                            {"watch": {"allNamespaces": True}})

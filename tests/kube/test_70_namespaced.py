@@ -63,10 +63,14 @@ def test_leaves_other_namespaces_alone(cluster: Cluster, scoped: Operator) -> No
 
 
 def test_plain_manifest_install(cluster: Cluster, scoped: Operator) -> None:
-    """The README's other path; the namespace-scoped release goes first."""
+    """The README's other path (the chart's default values: namespace-scoped to
+    unison-system); the namespace-scoped release goes first."""
     helm(cluster, "uninstall", scoped.namespace, scoped.release)
     cluster.kubectl("apply", "--server-side", "-f", str(INSTALL_MANIFEST))
     op = Operator(cluster, "unison-system", "unison-operator")
     op.wait_available()
-    # The UnisonCluster left unreconciled in team-b is picked up by the new operator.
-    wait_ready(cluster, "elsewhere", OTHER)
+    apply(cluster, example("plain"), "unison-system")
+    wait_ready(cluster, "plain", "unison-system")
+    # Secure by default: the default scope grants nothing outside its own namespace.
+    assert not can_i(cluster, op, "create", "statefulsets", OTHER)
+    assert not can_i(cluster, op, "get", "secrets", OTHER)
