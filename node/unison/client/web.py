@@ -132,15 +132,24 @@ class LiveView:
     async def _poll(self) -> None:
         loop = asyncio.get_running_loop()
         next_relayer = loop.time()
-        while not self._closing:
-            if loop.time() >= next_relayer:
-                await self._read_relayer()
-                next_relayer = loop.time() + RELAYER_INTERVAL
-            try:
-                self.refresh()
-            except Exception:  # the page is a view: a failure here must not stop it
-                log.exception("live page: could not build the view")
-            await asyncio.sleep(self.poll_interval)
+        reader: asyncio.Task[None] | None = None
+        try:
+            while not self._closing:
+                # beside the refreshes, not between them: a relayer slow to answer must
+                # not hold back the state the page shows
+                if (reader is None or reader.done()) and loop.time() >= next_relayer:
+                    reader = asyncio.create_task(self._read_relayer())
+                    next_relayer = loop.time() + RELAYER_INTERVAL
+                try:
+                    self.refresh()
+                except Exception:  # the page is a view: a failure here must not stop it
+                    log.exception("live page: could not build the view")
+                await asyncio.sleep(self.poll_interval)
+        finally:
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
 
     async def _read_relayer(self) -> None:
         reads = [self._relayer_stats(s) for s in self.syncs]
