@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,10 @@ class Chromium:
     def __init__(self, executable: str) -> None:
         self.executable = executable
         self.proc: asyncio.subprocess.Process | None = None
-        self._profile = Path(tempfile.mkdtemp(prefix="unison-chromium-"))
+        # one directory for the profile and Chromium's own temporary files (its singleton
+        # socket directories), removed whole on close
+        self._root = Path(tempfile.mkdtemp(prefix="unison-chromium-"))
+        self._profile = self._root / "profile"
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._ids = itertools.count(1)
@@ -70,6 +74,8 @@ class Chromium:
         await self.close()
 
     async def _start(self) -> None:
+        tmp = self._root / "tmp"
+        tmp.mkdir()
         self.proc = await asyncio.create_subprocess_exec(
             self.executable, "--headless=new", "--no-sandbox", "--disable-gpu",
             "--no-first-run", "--no-default-browser-check", "--disable-extensions",
@@ -77,6 +83,8 @@ class Chromium:
             "--hide-scrollbars", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
             f"--user-data-dir={self._profile}", "about:blank",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            start_new_session=True,  # its helpers in one process group, ended together
         )
         # Chromium writes the port it bound (and the browser's WebSocket path) here
         active = self._profile / "DevToolsActivePort"
@@ -155,15 +163,24 @@ class Chromium:
                 await self._reader
         if self._session is not None:
             await self._session.close()
-        if self.proc is not None and self.proc.returncode is None:
+        if self.proc is not None:
+            await self._end_process(self.proc)
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    @staticmethod
+    async def _end_process(proc: asyncio.subprocess.Process) -> None:
+        """The browser, then whatever helper of its group outlived it (a renderer still
+        writing into the profile would recreate it after the removal)."""
+        if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
+                proc.terminate()
             try:
-                await asyncio.wait_for(self.proc.wait(), 20)
+                await asyncio.wait_for(proc.wait(), 20)
             except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        shutil.rmtree(self._profile, ignore_errors=True)
+                proc.kill()
+                await proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group chromium leads (own session)
 
 
 class Page:
