@@ -16,6 +16,23 @@ OK = b"\x00"
 ERROR = b"E"  # followed by a message and b"\n"
 
 
+def sync_ancestors(directory: str) -> None:
+    """fsync every directory above `directory`: the node creates the namespace directory
+    (and base_dir) itself, and RocksDB never syncs the entry that names its database
+    directory, so without this a power cut can take a fresh namespace away whole."""
+    path = os.path.abspath(directory)
+    while True:
+        parent = os.path.dirname(path)
+        if parent == path:
+            return
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path = parent
+
+
 def serve(directory: str, sock: socket.socket) -> None:
     dir_fd = -1
     logs: dict[str, int] = {}  # live WAL file name -> our read-only descriptor
@@ -25,7 +42,8 @@ def serve(directory: str, sock: socket.socket) -> None:
             return  # the node closed its end, or died
         try:
             names = {e.name for e in os.scandir(directory) if e.name.endswith(".log")}
-            if dir_fd < 0:
+            if dir_fd < 0:  # the first request: before anything is acknowledged
+                sync_ancestors(directory)
                 dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             appeared = False
             for name in names - logs.keys():
