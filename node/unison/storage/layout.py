@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 
 from rocksdict import Options
@@ -23,6 +24,9 @@ META_HISTORY_ADOPTED = b"history_adopted"
 # User keys arrive as UTF-8, which never contains 0xff: this bounds "every key".
 KEY_SPACE_END = b"\xff"
 U64 = struct.Struct(">Q")
+# A test knob (bytes): a small write buffer makes RocksDB flush memtables, switch WAL
+# files and compact often, so the power-loss tests (tests/power) can cut during those.
+WRITE_BUFFER_ENV = "UNISON_ROCKSDB_WRITE_BUFFER_SIZE"
 
 
 def options(bytes_per_sync: int = 0) -> Options:
@@ -35,4 +39,6 @@ def options(bytes_per_sync: int = 0) -> Options:
         # many bytes, so a flush or compaction does not end in one large fsync. (The WAL
         # is synced on every commit anyway.)
         opts.set_bytes_per_sync(bytes_per_sync)
+    if size := int(os.environ.get(WRITE_BUFFER_ENV) or 0):
+        opts.set_write_buffer_size(size)
     return opts
