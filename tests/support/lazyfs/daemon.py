@@ -49,7 +49,8 @@ class _Trigger:
     def step(self, op: str, path: str) -> bool:
         """Count (op, path); True when every stage has matched."""
         stage = self.stages[0]
-        if stage["op"] == op and fnmatch.fnmatch(os.path.basename(path), stage.get("glob", "*")):
+        if fnmatch.fnmatch(op, stage["op"]) and fnmatch.fnmatch(os.path.basename(path),
+                                                                stage.get("glob", "*")):
             stage["left"] -= 1
             if stage["left"] <= 0:
                 self.stages.pop(0)
@@ -302,12 +303,19 @@ def _session(ops: LazyOps, conn: socket.socket) -> None:
             f.flush()
 
 
+class _FUSE(mfusepy.FUSE):
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        # mfusepy drops the handle of an ftruncate(); with nopath there is no path either.
+        fh = fip.contents.fh if fip else None
+        return self.operations.truncate(None if path is None else path.decode(), length, fh)
+
+
 def main(backing: str, trash: str, mount: str, control: str) -> None:
     ops = LazyOps(Model(backing, trash))
     threading.Thread(target=_control, args=(ops, control), daemon=True).start()
     # hard_remove: an unlinked open file is unlinked at once (no .fuse_hidden rename);
     # no attribute/entry caching, so the kernel asks us about every lookup.
-    mfusepy.FUSE(ops, mount, foreground=True, nothreads=False, hard_remove=True,
+    _FUSE(ops, mount, foreground=True, nothreads=False, hard_remove=True,
                  attr_timeout=0, entry_timeout=0, negative_timeout=0, fsname="lazyfs")
 
 

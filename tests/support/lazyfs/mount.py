@@ -71,19 +71,23 @@ class LazyFS:
                  str(trash), str(self.mount), str(self.control)],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while not (os.path.ismount(self.mount) and self.control.exists()):
+        while not (self._mounted() and self.control.exists()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"LazyFS did not mount {self.mount}:\n{self.logs()}")
             time.sleep(0.02)
         log.info("LazyFS mounted at %s (pid %d)", self.mount, self.proc.pid)
 
+    def _mounted(self) -> bool:
+        with open("/proc/self/mounts") as f:
+            return any(line.split()[1] == str(self.mount) for line in f)
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def request(self, cmd: str, timeout: float = 60.0, **args: Any) -> Any:
+    def request(self, cmd: str, io_timeout: float = 60.0, **args: Any) -> Any:
         with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(timeout)
+            s.settimeout(io_timeout)
             s.connect(str(self.control))
             s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
             with s.makefile("rb") as f:
@@ -110,7 +114,7 @@ class LazyFS:
 
     def wait_cut(self, timeout: float) -> dict[str, Any] | None:
         """The report of the armed cut once it happened (None: not within timeout)."""
-        report = self.request("wait_cut", timeout=timeout + 5, **{"timeout": timeout})
+        report = self.request("wait_cut", io_timeout=timeout + 5, timeout=timeout)
         if report is not None and report not in self.cuts:
             self.cuts.append(report)
         return report
@@ -124,14 +128,16 @@ class LazyFS:
         """Unmount; a daemon that does not exit is killed and the mount detached."""
         if self.proc is None:
             return
-        if os.path.ismount(self.mount):
+        if self._mounted():  # not os.path.ismount: a cut filesystem answers stat with EIO
             done = subprocess.run(["fusermount3", "-u", str(self.mount)], capture_output=True)
             if done.returncode != 0:
                 log.warning("fusermount3 -u %s: %s; detaching lazily", self.mount,
                             done.stderr.decode(errors="replace").strip())
                 subprocess.run(["fusermount3", "-u", "-z", str(self.mount)], capture_output=True)
+        t = time.monotonic()
         try:
             self.proc.wait(10)
+            log.info("LazyFS at %s unmounted in %.2fs", self.mount, time.monotonic() - t)
         except subprocess.TimeoutExpired:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
