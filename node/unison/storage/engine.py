@@ -47,7 +47,7 @@ from unison.storage.layout import (
     U64,
     options,
 )
-from unison.storage.records import CorruptRecord, Op, Record, encode_record, lsn_key, lsn_of
+from unison.storage.records import CorruptRecord, Op, Record, lsn_key, lsn_of
 from unison.storage.wal_sync import WalSyncer, WalSyncerGone
 from unison.storage.writer import GroupCommitWriter, Merger, Mutation
 
@@ -393,25 +393,26 @@ class NamespaceStore:
         one WriteBatch (data + log + meta), synced before returning; then the feed."""
         if not records:
             return
-        expected = self.last_lsn + 1
-        for i, r in enumerate(records):
-            if r.lsn != expected + i:
-                raise OutOfOrder(f"namespace {self.name}: expected lsn {expected + i}, "
-                                 f"got {r.lsn}")
+        wb = WriteBatch(raw_mode=True)
+        data_h, log_h, put, delete = self._data_h, self._log_h, wb.put, wb.delete
+        lsn = self.last_lsn
+        size = 0
+        # One pass: order, CRC and the stored form together (each record summed once). A
+        # refusal leaves the batch unwritten, so nothing of it is applied.
+        for r in records:
+            lsn += 1
+            if r.lsn != lsn:
+                raise OutOfOrder(f"namespace {self.name}: expected lsn {lsn}, got {r.lsn}")
             try:
-                r.verify()
+                encoded = r.verified_encoding()
             except CorruptRecord as e:
                 raise CorruptRecord(f"namespace {self.name}: {e}") from None
-        wb = WriteBatch(raw_mode=True)
-        size = 0
-        for r in records:
             if r.op is Op.PUT:
-                wb.put(r.key, r.value, self._data_h)
+                put(r.key, r.value, data_h)
             else:
-                wb.delete(r.key, self._data_h)
-            encoded = encode_record(r.op, r.ts_ms, r.key, r.value)[1]
+                delete(r.key, data_h)
             size += len(encoded)
-            wb.put(lsn_key(r.lsn), encoded, self._log_h)
+            put(lsn_key(lsn), encoded, log_h)
         last = records[-1].lsn
         wb.put(META_LAST_LSN, U64.pack(last))
         async with self._lock:
