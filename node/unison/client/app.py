@@ -75,7 +75,7 @@ def _announce(printer: StdoutPrinter, opts: ClientOptions, port: int) -> None:
     printer.show(output.banner(), always=True)
     printer.show(
         f"State server listening on http://{opts.state_host}:{port} "
-        "(/state, /metrics, /healthz, /readyz)",
+        "(/ live page, /state, /metrics, /healthz, /readyz)",
         always=True,
     )
     printer.show(f"Relayer HTTP API: {opts.http}", always=True)
