@@ -2,7 +2,9 @@
 
 The output is multi-document YAML for review or GitOps. Objects carry no owner
 references (there is no live UnisonCluster to point at); everything else is exactly
-what the operator writes.
+what the operator writes, except the TLS Secret `<name>-tls` (spec.tls.enabled, the
+default): keys are never printed, so the pods mount a Secret the operator makes (or you
+provide: ca.crt, and <part>.crt/<part>.key per datacenter and the relayer).
 """
 
 from __future__ import annotations
@@ -48,4 +50,8 @@ def main(argv: list[str]) -> int:
     namespace = args.namespace or cluster.namespace or "default"
     assert cluster.name is not None  # load_cluster requires metadata.name
     sys.stdout.write(to_yaml(render(cluster, cluster.name, namespace)))
+    if cluster.tls.enabled:
+        sys.stderr.write(f"unison render: the pods mount Secret {cluster.name}-tls (the "
+                         "cluster's CA and node keys), which is not printed: the operator "
+                         "makes it\n")
     return 0

@@ -12,7 +12,7 @@ from tests.kube.e2e import Operator, apply, children, example, wait_ready, wait_
 
 NS = "deletion"
 KINDS = ("statefulsets", "services", "configmaps", "poddisruptionbudgets", "networkpolicies",
-         "deployments", "pods")
+         "deployments", "pods", "secrets")
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,8 @@ def test_retain_keeps_the_volumes(ns: Cluster) -> None:
     wait_ready(ns, "kept", NS)
     before = claims(ns, "kept")
     assert before == ["data-kept-dc1-0", "data-kept-dc2-0", "data-kept-relayer-0"], before
+    # The TLS Secret (CA and node keys) is a child too: collected with the others.
+    assert [s["metadata"]["name"] for s in children(ns, "secrets", "kept", NS)] == ["kept-tls"]
     _delete_and_wait_for_children(ns, "kept")
     assert claims(ns, "kept") == before
     for c in ns.get_json("-n", NS, "pvc")["items"]:
