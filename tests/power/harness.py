@@ -111,17 +111,23 @@ class Machine:
                   check: Callable[[], None] | None = None) -> dict[str, Any]:
         """Cut (unless an armed cut already did), kill, reboot the disk, `check()` what is
         on it, restart the nodes."""
+        t0 = time.monotonic()
         if report is None:
             report = self.fs.cut()
         log.info("power cut (%s): unsynced writes dropped %s; entries undone %s",
                  report["why"], report["files_rolled_back"], report["dir_ops_undone"])
         for node in self.nodes:
             node.power_off()
+        t1 = time.monotonic()
         self.fs.reboot()
+        t2 = time.monotonic()
         if check is not None:
             check()
+        t3 = time.monotonic()
         for node in self.nodes:
             node.start()
+        log.info("power cut: off %.2fs, reboot %.2fs, check %.2fs, restart %.2fs",
+                 t1 - t0, t2 - t1, t3 - t2, time.monotonic() - t3)
         return report
 
 
@@ -258,7 +264,10 @@ class Stored:
 
 
 def read_store(path: Path) -> Stored:
-    """Open the namespace's RocksDB read-only (its node stopped) and read all of it."""
+    """Open the namespace's RocksDB read-only (its node stopped) and read all of it. No
+    database there (a cut before anything made it durable) reads as an empty one."""
+    if not (path / "CURRENT").exists():
+        return Stored(0, 1, {}, {})
     cfs = {name: Options(raw_mode=True) for name in (*DATA_CFS, LOG_CF)}
     db = Rdict(str(path), Options(raw_mode=True), column_families=cfs,
                access_type=AccessType.read_only())

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unison.config import GrpcConfig
+from unison.config import GrpcConfig, WalCleanupConfig
 
 from tests.power.harness import (
     History,
@@ -29,7 +30,7 @@ from tests.power.harness import (
     check_store,
     read_store,
 )
-from tests.support.nodes import single_node_config
+from tests.support.nodes import seed_cluster, single_node_config
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,31 @@ def test_cut_right_after_acknowledgements(machine: Callable[[str], Machine],
              history.acked)
 
 
-# Cut points around a WAL switch, each counted from the creation of a new WAL file:
-# the k-th filesystem operation after it (its first write, its fdatasync, the directory
-# fsync that names it, the next commit...), and after a memtable flush's table file.
+def armed_cuts(m: Machine, node: PowerNode, history: History,
+               cuts: list[tuple[list[dict[str, Any]], str]]) -> None:
+    """For each (stages, when): arm the cut, wait for it, check and restart. Every other
+    cut is torn."""
+    for i, (stages, when) in enumerate(cuts):
+        m.fs.arm(stages, when, torn_seed=i if i % 2 else None)
+        report = m.fs.wait_cut(timeout=60)
+        assert report is not None, f"no cut at {stages} within 60 s: {m.fs.stats()}"
+        cut_and_check(m, node, history, report)
+
+
+def _after(*stages: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    return list(stages), "after"
+
+
+NEW_WAL = {"op": "create", "glob": "*.log"}
+# Cut points around a WAL switch, counted from the creation of a new WAL file: the k-th
+# filesystem operation after it (its first write, its fdatasync, the directory fsync
+# that names it, the next commit...), and a switch right after a memtable flush.
 WAL_SWITCH_CUTS = [
-    [{"op": "create", "glob": "*.log"}],
-    *([{"op": "create", "glob": "*.log"}, {"op": "*", "count": k}] for k in (1, 2, 3, 4, 6)),
-    [{"op": "create", "glob": "*.log"}, {"op": "fsync", "glob": "*.log"}],
-    [{"op": "create", "glob": "*.log"}, {"op": "fsyncdir"}],
-    [{"op": "create", "glob": "*.sst"}, {"op": "create", "glob": "*.log"},
-     {"op": "fsync", "glob": "*.log", "count": 2}],
+    _after(NEW_WAL),
+    *(_after(NEW_WAL, {"op": "*", "count": k}) for k in (1, 2, 3, 5)),
+    _after(NEW_WAL, {"op": "fsync", "glob": "*.log"}),
+    _after(NEW_WAL, {"op": "fsyncdir"}),
+    _after({"op": "create", "glob": "*.sst"}, NEW_WAL, {"op": "fsync", "glob": "*.log"}),
 ]
 
 
@@ -99,10 +115,180 @@ def test_cut_during_wal_switches(machine: Callable[[str], Machine], tmp_path: Pa
     node = dc_on(m, tmp_path, write_buffer=SMALL_BUFFER)
     history = History()
     with Writers(node.http_port, NS, history):
-        for stages in WAL_SWITCH_CUTS:
-            m.fs.arm(stages)
-            report = m.fs.wait_cut(timeout=60)
-            assert report is not None, f"no cut at {stages}: {m.fs.stats()}"
-            cut_and_check(m, node, history, report)
+        armed_cuts(m, node, history, WAL_SWITCH_CUTS)
     log.info("WAL-switch cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
              history.acked)
+
+
+SST = {"op": "create", "glob": "*.sst"}
+# A compaction is the only thing that deletes table files: cut as it deletes its inputs
+# (its output installed), and at table writes and syncs while compactions keep running.
+COMPACTION_CUTS = [
+    ([{"op": "unlink", "glob": "*.sst"}], "before"),
+    _after({"op": "unlink", "glob": "*.sst"}),
+    _after(dict(SST, count=4), {"op": "write", "glob": "*.sst", "count": 3}),
+    _after(dict(SST, count=5), {"op": "fsync", "glob": "*.sst"}),
+    _after({"op": "unlink", "glob": "*.sst"}, SST, {"op": "fsync", "glob": "MANIFEST-*"}),
+]
+
+
+def test_cut_during_compaction(machine: Callable[[str], Machine], tmp_path: Path) -> None:
+    m = machine("disk")
+    node = dc_on(m, tmp_path, write_buffer=SMALL_BUFFER)
+    history = History()
+    with Writers(node.http_port, NS, history):
+        armed_cuts(m, node, history, COMPACTION_CUTS)
+    log.info("compaction cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
+             history.acked)
+
+
+# The trim's batch is the only one that writes the first_lsn meta key.
+TRIM = {"op": "write", "glob": "*.log", "contains": "first_lsn"}
+RETENTION_CUTS = [
+    _after(TRIM),  # in the WAL, not yet synced
+    _after(TRIM, {"op": "fsync", "glob": "*.log"}),
+    _after(dict(TRIM, count=3), {"op": "*", "count": 2}),
+    _after(dict(TRIM, count=2), {"op": "create", "glob": "*.sst"}, {"op": "fsync"}),
+]
+
+
+def test_cut_during_retention_trim(machine: Callable[[str], Machine], tmp_path: Path) -> None:
+    m = machine("disk")
+    cleanup = WalCleanupConfig(enabled=True, interval=0.05, max_records=150)
+    node = dc_on(m, tmp_path, write_buffer=SMALL_BUFFER, wal_cleanup=cleanup)
+    history = History()
+    with Writers(node.http_port, NS, history):
+        armed_cuts(m, node, history, RETENTION_CUTS)
+    log.info("retention cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
+             history.acked)
+
+
+# ------------------------------------------------------------ replication
+
+
+def cluster_on(tmp: Path, dc_machine: Machine | None, relayer_machine: Machine,
+               **dc_storage: Any) -> tuple[PowerNode, PowerNode]:
+    """dc1 (on its machine's disk, or a plain one) and a relayer following it (on its
+    machine's disk); not started."""
+    planned = seed_cluster(tmp, datacenters=[("dc1", [NS])], follow=["dc1"])
+    nodes = []
+    for name, machine in (("dc1", dc_machine), ("relayer", relayer_machine)):
+        p = planned[name]
+        if machine is not None:
+            p.config.storage.base_dir = str(machine.fs.mount / name)
+        if name == "dc1":
+            p.config.storage = dataclasses.replace(p.config.storage, **dc_storage)
+        node = PowerNode(name, p.role, p.config, p.workdir)
+        node.write_buffer = SMALL_BUFFER
+        if machine is not None:
+            machine.nodes.append(node)
+        nodes.append(node)
+    return nodes[0], nodes[1]
+
+
+def caught_up(dc: PowerNode, relayer: PowerNode, timeout: float = 60.0) -> int:
+    """Wait until the relayer holds the datacenter's LSN (writes stopped): that LSN."""
+    target = dc.lsn(NS)
+    deadline = time.monotonic() + timeout
+    while relayer.lsn(NS) < target:
+        assert time.monotonic() < deadline, (
+            f"relayer at {relayer.lsn(NS)}, dc1 at {target}:\n{relayer.logs()[-3000:]}")
+        time.sleep(0.05)
+    return target
+
+
+def same_history(dc: PowerNode, relayer: PowerNode, history: History) -> int:
+    """Stop both; the relayer's log is the datacenter's, record for record where both
+    hold it (no splice), contiguous (no gap); its data equals the datacenter's, and both
+    hold every acknowledged write. Returns the LSNs compared."""
+    status, body = relayer.api("GET", f"/api/v1/{NS}/stats")
+    assert status == 200 and not body["follower"]["history_mismatch"], body
+    dc.stop()
+    relayer.stop()
+    stored = {n.name: read_store(Path(n.config.storage.base_dir) / NS) for n in (dc, relayer)}
+    logs = {name: {r.lsn: r for r in check_store(s, name)} for name, s in stored.items()}
+    both = logs["dc1"].keys() & logs["relayer"].keys()
+    spliced = [lsn for lsn in both if logs["dc1"][lsn] != logs["relayer"][lsn]]
+    assert not spliced, f"the relayer's records differ from dc1's at LSNs {sorted(spliced)[:5]}"
+    assert stored["relayer"].last_lsn == stored["dc1"].last_lsn
+    assert stored["relayer"].data == stored["dc1"].data, "the relayer's data differs from dc1's"
+    bad = history.violations(stored["relayer"].data)
+    assert not bad, f"acknowledged writes missing on the relayer: {bad[:5]}"
+    return len(both)
+
+
+def relayer_on_disk(relayer: PowerNode) -> int:
+    """Check the (stopped) relayer's namespace on disk: the LSN it holds."""
+    stored = read_store(Path(relayer.config.storage.base_dir) / NS)
+    check_store(stored, relayer.name)
+    return stored.last_lsn
+
+
+def test_cut_datacenter_and_relayer_while_replicating(
+        machine: Callable[[str], Machine], tmp_path: Path) -> None:
+    """Both on LazyFS, cut in turn while the relayer applies replicated batches: the
+    datacenter keeps every acknowledged write, the relayer resumes where its disk
+    stopped, and neither gap nor splice appears."""
+    dc_m, relayer_m = machine("dc-disk"), machine("relayer-disk")
+    dc, relayer = cluster_on(tmp_path, dc_m, relayer_m)
+    dc.start()
+    relayer.start()
+    history = History()
+    relayer_cuts = [
+        _after({"op": "write", "glob": "*.log", "count": 40}),  # a batch applied, unsynced
+        _after({"op": "write", "glob": "*.log", "count": 25}, {"op": "fsync", "glob": "*.log"}),
+        _after(NEW_WAL, {"op": "*", "count": 2}),
+    ]
+    with Writers(dc.http_port, NS, history) as writers:
+        for i, (stages, when) in enumerate(relayer_cuts):
+            relayer_m.fs.arm(stages, when, torn_seed=i if i % 2 else None)
+            report = relayer_m.fs.wait_cut(timeout=60)
+            assert report is not None, f"no relayer cut at {stages}: {relayer_m.fs.stats()}"
+            relayer_m.power_cut(report, check=lambda: relayer_on_disk(relayer))
+            writers.wait_acks(100)
+            cut_and_check(dc_m, dc, history, dc_m.fs.cut(torn_seed=i if i % 2 else None))
+        writers.wait_acks(100)
+    caught_up(dc, relayer)
+    compared = same_history(dc, relayer, history)
+    log.info("replication cuts: %d on the relayer, %d on dc1, %d acknowledged writes, "
+             "%d records compared", len(relayer_m.fs.cuts), len(dc_m.fs.cuts), history.acked,
+             compared)
+
+
+# The install's marker (begin: set, finish: deleted) and the batch that switches the
+# live data column family; the items in between are loaded without a sync.
+PENDING = {"op": "write", "glob": "*.log", "contains": "snapshot_pending"}
+SWITCH = {"op": "write", "glob": "*.log", "contains": "data_cf"}
+SNAPSHOT_CUTS = [
+    _after(PENDING),
+    _after(PENDING, {"op": "fsync", "glob": "*.log"}),
+    _after(PENDING, {"op": "write", "glob": "*.log", "count": 4}),  # mid-load
+    _after(SWITCH),  # the switch written, not synced
+    _after(SWITCH, {"op": "fsync", "glob": "*.log"}),  # installed
+]
+
+
+def test_cut_relayer_while_it_installs_a_snapshot(
+        machine: Callable[[str], Machine], tmp_path: Path) -> None:
+    relayer_m = machine("relayer-disk")
+    cleanup = WalCleanupConfig(enabled=True, interval=0.1, max_records=100)
+    dc, relayer = cluster_on(tmp_path, None, relayer_m, wal_cleanup=cleanup)
+    dc.start()
+    history = History()
+    held: list[int] = []  # the relayer's LSN on disk after each cut
+    with Writers(dc.http_port, NS, history, size=2000) as writers:
+        writers.wait_acks(1500)  # the relayer must start from a snapshot: log trimmed
+        relayer.start()
+        for i, (stages, when) in enumerate(SNAPSHOT_CUTS):
+            relayer_m.fs.arm(stages, when, torn_seed=i if i % 2 else None)
+            report = relayer_m.fs.wait_cut(timeout=60)
+            assert report is not None, f"no relayer cut at {stages}: {relayer_m.fs.stats()}"
+            relayer_m.power_cut(report, check=lambda: held.append(relayer_on_disk(relayer)))
+        writers.wait_acks(200)  # followed on from the snapshot
+    # The last cut came after the switch was synced: the snapshot survived it.
+    assert held[-1] > 0, f"the installed snapshot did not survive: {held}"
+    caught_up(dc, relayer)
+    assert "snapshot installed at lsn" in relayer.logs()
+    compared = same_history(dc, relayer, history)
+    log.info("snapshot cuts: %d on the relayer, %d acknowledged writes, %d records compared",
+             len(relayer_m.fs.cuts), history.acked, compared)

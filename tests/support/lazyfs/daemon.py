@@ -6,9 +6,11 @@ commands on the Unix socket CONTROL (see mount.py for the client):
 - `{"cmd": "stats"}`: operation counts and what is pending
 - `{"cmd": "cut", "torn_seed": N?}`: the power cut: drop what is not durable, then answer
   EIO to every operation until unmounted (the machine is off)
-- `{"cmd": "arm", "stages": [{"op", "glob", "count"}...], "when": "before"|"after"}`: cut
-  by itself inside the operation that completes the last stage (stages match in order;
-  `op` is create, write, fsync, fsyncdir, rename, unlink, mkdir, truncate)
+- `{"cmd": "arm", "stages": [{"op", "glob", "contains", "count"}...], "when": "before" |
+  "after", "torn_seed": N?}`: cut by itself inside the operation that completes the last stage (stages
+  match in order, `count` times each; `op` and `glob` (the file name) are shell
+  patterns, op one of create, open, write, truncate, fsync, fsyncdir, rename, unlink,
+  mkdir, rmdir; `contains`: text the written data must contain)
 - `{"cmd": "wait_cut", "timeout": s}`: block until a cut happened; its report
 - `{"cmd": "trace"}`: the last operations seen (op, path), oldest first
 
@@ -42,15 +44,17 @@ TRACE_LEN = 100_000
 class _Trigger:
     """Stages matched in order; the last one's operation cuts the power."""
 
-    def __init__(self, stages: list[dict[str, Any]], when: str) -> None:
+    def __init__(self, stages: list[dict[str, Any]], when: str, torn_seed: int | None) -> None:
         self.stages = [dict(s, left=int(s.get("count", 1))) for s in stages]
         self.when = when
+        self.torn_seed = torn_seed
 
-    def step(self, op: str, path: str) -> bool:
-        """Count (op, path); True when every stage has matched."""
+    def step(self, op: str, path: str, data: bytes) -> bool:
+        """Count (op, path, written data); True when every stage has matched."""
         stage = self.stages[0]
-        if fnmatch.fnmatch(op, stage["op"]) and fnmatch.fnmatch(os.path.basename(path),
-                                                                stage.get("glob", "*")):
+        if (fnmatch.fnmatch(op, stage["op"])
+                and fnmatch.fnmatch(os.path.basename(path), stage.get("glob", "*"))
+                and stage.get("contains", "").encode() in data):
             stage["left"] -= 1
             if stage["left"] <= 0:
                 self.stages.pop(0)
@@ -76,17 +80,17 @@ class LazyOps(mfusepy.Operations):
 
     # ------------------------------------------------------------ bookkeeping
 
-    def _enter(self, op: str, path: str, stage: str) -> None:
+    def _enter(self, op: str, path: str, stage: str, data: bytes = b"") -> None:
         """Called under the lock before ("before") and after ("after") each operation."""
         self._alive()
         if stage == "before":
             self.counts[op] += 1
             self.trace.append((op, path))
         t = self.trigger
-        if t is None or t.when != stage or not t.step(op, path):
+        if t is None or t.when != stage or not t.step(op, path, data):
             return
         self.trigger = None
-        self.cut(None, f"armed: {op} {path} ({stage})")
+        self.cut(t.torn_seed, f"armed: {op} {path} ({stage})")
         raise mfusepy.FuseOSError(errno.EIO)
 
     def _alive(self) -> None:
@@ -101,11 +105,11 @@ class LazyOps(mfusepy.Operations):
                 self.cut_done.set()
             return self.cut_report
 
-    def _run(self, op: str, path: str, fn: Any) -> Any:
+    def _run(self, op: str, path: str, fn: Any, data: bytes = b"") -> Any:
         with self._mu:
-            self._enter(op, path, "before")
+            self._enter(op, path, "before", data)
             result = fn()
-            self._enter(op, path, "after")
+            self._enter(op, path, "after", data)
             return result
 
     def _fd(self, fh: int) -> tuple[int, str]:
@@ -220,7 +224,7 @@ class LazyOps(mfusepy.Operations):
 
     def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
         fd, at = self._fd(fh)
-        return self._run("write", at, lambda: self.model.write(fd, at, data, offset))
+        return self._run("write", at, lambda: self.model.write(fd, at, data, offset), data)
 
     def truncate(self, path: str, length: int, fh: int | None = None) -> int:
         with self._mu:
@@ -272,7 +276,7 @@ def _answer(ops: LazyOps, req: dict[str, Any]) -> Any:
         return ops.cut(req.get("torn_seed"), "cut by the test")
     if cmd == "arm":
         with ops._mu:
-            ops.trigger = _Trigger(req["stages"], req.get("when", "after"))
+            ops.trigger = _Trigger(req["stages"], req.get("when", "after"), req.get("torn_seed"))
         return {"armed": True}
     if cmd == "wait_cut":
         return ops.cut_report if ops.cut_done.wait(req.get("timeout", 30)) else None

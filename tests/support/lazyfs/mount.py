@@ -108,9 +108,10 @@ class LazyFS:
         self.cuts.append(report)
         return report
 
-    def arm(self, stages: list[dict[str, Any]], when: str = "after") -> None:
+    def arm(self, stages: list[dict[str, Any]], when: str = "after",
+            torn_seed: int | None = None) -> None:
         """Cut by itself at the operation that completes `stages` (see daemon.py)."""
-        self.request("arm", stages=stages, when=when)
+        self.request("arm", stages=stages, when=when, torn_seed=torn_seed)
 
     def wait_cut(self, timeout: float) -> dict[str, Any] | None:
         """The report of the armed cut once it happened (None: not within timeout)."""
