@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,3 +158,62 @@ async def test_client_converges_through_relayer_and_client_restarts(tmp_path: Pa
 
 async def _state_is(client: ClientProcess, want: dict[str, Any]) -> bool:
     return await client.state() == want
+
+
+@pytest.mark.slow
+async def test_client_follows_a_relayer_resynced_onto_a_new_history(tmp_path: Path) -> None:
+    """dc1 loses its disk; the relayer refuses the new history until it is resynced from
+    scratch (README). It then holds dc1's new history at an LSN below the seq_num the
+    running client saw of the old one: the client must see the new history and rescan
+    (it used to ask for the old seq_num and get 503s forever). It keeps what it merged of
+    the old history; a CRDT cannot un-merge."""
+    nodes = seed_cluster(tmp_path, [("dc1", [DC1])])
+    dc1, relayer = nodes["dc1"], nodes["relayer"]
+    expected = CRDTState()
+    client = ClientProcess(client_args(relayer, "--quiet", "--resync-interval", "0.5"))
+    try:
+        for node in nodes.values():
+            node.start()
+        relayer.wait_ready()
+        await client.start()
+        await client.wait_ready()
+        for i in range(30):
+            _put(dc1, expected, f"counter:old{i}", {"replica": DC1, "count": i + 1})
+        await eventually(lambda: _state_is(client, expected.snapshot()), "the old history", 60)
+
+        dc1.kill9()
+        shutil.rmtree(Path(dc1.config.storage.base_dir))  # the disk is lost
+        dc1.start()
+        for i in range(5):
+            _put(dc1, expected, f"lww:new{i}", {"value": i, "timestamp": 1, "replica": DC1})
+        rescans = await client.metric("unison_client_rescans_total", namespace=DC1)
+        relayer.stop()  # the way out: resync the relayer from scratch
+        shutil.rmtree(Path(relayer.config.storage.base_dir) / DC1)
+        relayer.start()
+        relayer.wait_ready()
+        # the client notices the relayer's change (and used to stay in that rescan) ...
+        await eventually(lambda: _more_rescans(client, rescans), "a rescan", 60)
+        # ... and takes the writes that follow
+        for i in range(5):
+            _put(dc1, expected, f"counter:later{i}", {"replica": DC1, "count": i + 1})
+        await eventually(lambda: _state_is(client, expected.snapshot()),
+                         "the old and the new history merged", 90)
+        await client.saw("new history on the relayer", "stderr")
+        assert await client.metric("unison_client_rescans_total", namespace=DC1,
+                                   reason="new-history") >= 1
+    finally:
+        if client.proc is not None and client.proc.returncode is None:
+            await client.terminate()
+        for node in nodes.values():
+            node.stop()
+    assert "Traceback" not in client.stderr, client.stderr
+
+
+def _put(node: NodeProcess, expected: CRDTState, key: str, doc: dict[str, Any]) -> None:
+    status, body = node.put(DC1, key, json.dumps(doc, separators=(",", ":")))
+    assert status == 200, (status, body)
+    expected.apply_json(key, json.dumps(doc))
+
+
+async def _more_rescans(client: ClientProcess, before: float) -> bool:
+    return await client.metric("unison_client_rescans_total", namespace=DC1) > before
