@@ -49,6 +49,7 @@ class HttpSizes:
     warmup: float = 1.0
     rounds: int = 1  # bare/node pairs, alternating
     loop: str = "auto"  # event loop of both servers (unison.eventloop.CHOICES)
+    op: str = "put"  # "get": GETs of the keys the warm-up wrote (ceiling: the same GETs)
 
 
 SIZES = {
@@ -107,14 +108,15 @@ def start_node(workdir: Path, port: int, loop: str = "auto") -> subprocess.Popen
     return proc
 
 
-def start_bare(port: int, loop: str = "auto") -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_http", "--serve-bare", str(port)],
+def start_bare(port: int, loop: str = "auto", value_size: int = 1024) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-m", "bench.bench_http", "--serve-bare", str(port),
+                             "--value-size", str(value_size)],
                             env=loop_env(loop))
     wait_http(port, "/healthz", proc)
     return proc
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, value_size: int = 1024) -> None:
     """The ceiling: aiohttp with the node's route shape and a handler that does nothing, on
     the event loop the node would choose (UNISON_EVENT_LOOP)."""
     from aiohttp import web
@@ -126,8 +128,16 @@ def serve_bare(port: int) -> None:
     async def nothing(request: web.Request) -> web.Response:
         return web.Response(body=b'{"success":true}', content_type="application/json")
 
+    # A GET answers a prebuilt body the size of the node's (the kernel's loopback work
+    # for the bytes sent is charged to the sender, and is a large part of a GET's CPU).
+    found = f'{{"value":"{_value_b64(value_size)}","found":true}}'.encode()
+
+    async def prebuilt(request: web.Request) -> web.Response:
+        return web.Response(body=found, content_type="application/json")
+
     app = web.Application()
     app.router.add_put(ROUTE, nothing)
+    app.router.add_get(ROUTE, prebuilt)
     app.router.add_get("/healthz", nothing)
     web.run_app(app, host=HOST, port=port, access_log=None, print=None, loop=loop)
 
@@ -138,10 +148,15 @@ _WRK_SCRIPT = """
 local body = '{"value":"%(value)s"}'
 local headers = {["Content-Type"] = "application/json"}
 local prefix = "%(prefix)s"
+local method = "%(method)s"
+local nkeys = %(nkeys)d  -- 0: every request a new key; else cycle over keys 1..nkeys
 local counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("PUT", prefix .. counter, headers, body)
+  local k = counter
+  if nkeys > 0 then k = (counter - 1) %% nkeys + 1 end
+  if method == "GET" then return wrk.format("GET", prefix .. k) end
+  return wrk.format("PUT", prefix .. k, headers, body)
 end
 done = function(summary, latency, requests)
   local q = {}
@@ -160,11 +175,13 @@ def _value_b64(value_size: int) -> str:
 
 
 def run_wrk(port: int, seconds: float, connections: int, value_size: int,
-            key_prefix: str) -> LoadResult:
+            key_prefix: str, method: str = "PUT", nkeys: int = 0) -> LoadResult:
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(_WRK_SCRIPT % {
             "value": _value_b64(value_size),
             "prefix": f"/api/v1/{NAMESPACE}/kv/{key_prefix}",
+            "method": method,
+            "nkeys": nkeys,
             "quantiles": ",".join(str(q) for q in QUANTILES),
         })
         script = f.name
@@ -240,9 +257,14 @@ def run_aiohttp_client(port: int, seconds: float, connections: int, value_size: 
 
 
 def drive_puts(port: int, seconds: float, connections: int, value_size: int, key_prefix: str,
-               generator: str = "auto") -> LoadResult:
+               generator: str = "auto", get_keys: int = 0) -> LoadResult:
+    """PUTs to new keys; with `get_keys`, GETs cycling over keys 1..get_keys (wrk only)."""
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "aiohttp"
+    if get_keys:
+        if generator != "wrk":
+            raise RuntimeError("the GET load needs wrk (apt-get install wrk)")
+        return run_wrk(port, seconds, connections, value_size, key_prefix, "GET", get_keys)
     run = run_wrk if generator == "wrk" else run_aiohttp_client
     return run(port, seconds, connections, value_size, key_prefix)
 
@@ -269,10 +291,10 @@ def measure(sizes: HttpSizes, generator: str = "auto",
     loops = loops or [sizes.loop]
 
     def load(proc: subprocess.Popen[bytes], port: int, seconds: float,
-             prefix: str) -> LoadResult:
+             prefix: str, get_keys: int = 0) -> LoadResult:
         cpu0 = cpu_seconds(proc.pid)
         result = drive_puts(port, seconds, sizes.connections, sizes.value_size, prefix,
-                            generator)
+                            generator, get_keys)
         result.cpu_s = cpu_seconds(proc.pid) - cpu0
         return result
 
@@ -283,7 +305,7 @@ def measure(sizes: HttpSizes, generator: str = "auto",
         servers = {}
         for x in loops:
             bare_port, node_port = free_port(), free_port()
-            bare = start_bare(bare_port, x)
+            bare = start_bare(bare_port, x, sizes.value_size)
             stack.callback(stop_process, bare)
             (Path(d) / x).mkdir()
             node = start_node(Path(d) / x, node_port, x)
@@ -296,8 +318,11 @@ def measure(sizes: HttpSizes, generator: str = "auto",
             marks[x].append((_node_offset(node_port), _node_commits(node_port)))
         for r in range(sizes.rounds):
             for x, (bare, bare_port, node, node_port) in servers.items():
-                runs[x][0].append(load(bare, bare_port, sizes.seconds, f"r{r}-"))
-                runs[x][1].append(load(node, node_port, sizes.seconds, f"r{r}-"))
+                # GETs read what the warm-up wrote (one wrk thread: keys warm-1..warm-N).
+                keys = marks[x][0][0] if sizes.op == "get" else 0
+                prefix = "warm-" if keys else f"r{r}-"
+                runs[x][0].append(load(bare, bare_port, sizes.seconds, prefix, keys))
+                runs[x][1].append(load(node, node_port, sizes.seconds, prefix, keys))
         for x, (_, _, _, node_port) in servers.items():
             marks[x].append((_node_offset(node_port), _node_commits(node_port)))
     results = {x: _summary(sizes, x, *runs[x], *marks[x], codes.get(x)) for x in loops}
@@ -310,7 +335,7 @@ def _summary(sizes: HttpSizes, loop: str, bare_runs: list[LoadResult],
     (lsn0, commits0), (lsn1, commits1) = before, after
     acknowledged = sum(x.ok for x in node_runs)
     committed = lsn1 - lsn0
-    if committed < acknowledged:
+    if sizes.op == "put" and committed < acknowledged:
         raise RuntimeError(f"node acknowledged {acknowledged} PUTs but committed only {committed}")
     node = _median_run(node_runs)
     bare = _median_run(bare_runs)
@@ -362,7 +387,8 @@ def run(profile: str) -> Any:
     sizes = SIZES[profile]
     r = measure(sizes)
     metrics = {k: float(r[k]) for k in ("put_per_s", "put_p50_ms", "put_p99_ms", "bare_per_s",
-                                        "bare_p50_ms", "bare_p99_ms", "group_size")}
+                                        "bare_p50_ms", "bare_p99_ms", "group_size",
+                                        "put_cpu_us", "bare_cpu_us")}
     return Outcome(
         metrics=metrics,
         samples={"node PUT (quantiles)": r["node"]["quantiles_ms"],
@@ -386,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=SIZES["full"].rounds,
                    help="alternating bare/node measurements; figures are medians")
     p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
+    p.add_argument("--op", choices=("put", "get"), default="put",
+                   help="get: GETs of the keys the warm-up wrote (needs wrk)")
     p.add_argument("--loop", nargs="+", choices=("auto", "uvloop", "asyncio"), default=["auto"],
                    help="event loop of node and ceiling; several: a pair per loop, all "
                    "alternating in each round (an A/B comparison)")
@@ -396,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.serve_bare:
-        serve_bare(args.serve_bare)
+        serve_bare(args.serve_bare, args.value_size)
         return 0
     if args.load:
         result = asyncio.run(_aiohttp_load(args.load, args.seconds, args.connections,
@@ -410,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = HttpSizes(seconds=args.seconds, connections=args.connections,
                       value_size=args.value_size, warmup=args.warmup, rounds=args.rounds,
-                      loop=args.loop[0])
+                      loop=args.loop[0], op=args.op)
     r = measure(sizes, args.generator, args.loop)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
@@ -423,8 +451,9 @@ def _print_result(sizes: HttpSizes, r: dict[str, Any], out: Path) -> None:
     print(f"loop {r['loop']}, generator {r['generator']}, {sizes.connections} connections, "
           f"{sizes.value_size} B values, {sizes.rounds} x {sizes.seconds:g}s each side, "
           f"load average {r['load_average'][0]:.1f}")
-    print(f"node (durable): {r['put_per_s']:9.0f} PUT/s  p50 {r['put_p50_ms']:.2f} ms  "
-          f"p99 {r['put_p99_ms']:.2f} ms  CPU {r['put_cpu_us']:.0f} us/PUT  "
+    what = "GET" if sizes.op == "get" else "PUT"
+    print(f"node (durable): {r['put_per_s']:9.0f} {what}/s  p50 {r['put_p50_ms']:.2f} ms  "
+          f"p99 {r['put_p99_ms']:.2f} ms  CPU {r['put_cpu_us']:.0f} us/{what}  "
           f"errors {r['put_errors']}  mean group {r['group_size']:.1f}")
     print(f"bare handler:   {r['bare_per_s']:9.0f} req/s  p50 {r['bare_p50_ms']:.2f} ms  "
           f"p99 {r['bare_p99_ms']:.2f} ms  CPU {r['bare_cpu_us']:.0f} us/req  "
