@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -292,3 +294,35 @@ def test_cut_relayer_while_it_installs_a_snapshot(
     compared = same_history(dc, relayer, history)
     log.info("snapshot cuts: %d on the relayer, %d acknowledged writes, %d records compared",
              len(relayer_m.fs.cuts), history.acked, compared)
+
+
+def _kill_helpers(node: PowerNode) -> int:
+    """SIGKILL the node's WAL sync helpers (its child processes): the node then syncs
+    the WAL in-process with RocksDB's own sync. Returns how many were killed."""
+    assert node.proc is not None
+    children = Path(f"/proc/{node.proc.pid}/task/{node.proc.pid}/children").read_text().split()
+    for pid in children:
+        os.kill(int(pid), signal.SIGKILL)
+    return len(children)
+
+
+def test_cut_after_the_helper_died(machine: Callable[[str], Machine], tmp_path: Path) -> None:
+    """The fallback when the helper is gone (the node syncs in-process) keeps the same
+    promise across WAL switches."""
+    m = machine("disk")
+    node = dc_on(m, tmp_path, write_buffer=SMALL_BUFFER)
+    history = History()
+    cuts = [_after(NEW_WAL, {"op": "fsyncdir"}), _after(NEW_WAL, {"op": "*", "count": 2}),
+            _after({"op": "fsync", "glob": "*.log", "count": 30})]
+    with Writers(node.http_port, NS, history) as writers:
+        for i, (stages, when) in enumerate(cuts):
+            writers.wait_acks(50)
+            assert _kill_helpers(node) == 1
+            writers.wait_acks(50)
+            m.fs.arm(stages, when, torn_seed=i if i % 2 else None)
+            report = m.fs.wait_cut(timeout=60)
+            assert report is not None, f"no cut at {stages}: {m.fs.stats()}"
+            cut_and_check(m, node, history, report)
+    assert "syncing the WAL in-process from now on" in node.logs()
+    log.info("cuts after the helper died: %d cuts, %d acknowledged writes checked",
+             len(m.fs.cuts), history.acked)
