@@ -138,11 +138,16 @@ def build_app(ctx: NodeContext) -> web.Application:
     base = "/api/v1/{ns}"
     r = app.router
     # Single keys first: they are the hot path, and resolution tries resources in this
-    # order. POST .../kv/batch still reaches the batch route (the key resource has no
-    # POST, so the router moves on), and PUT/GET/DELETE of a key named "batch" work.
-    r.add_put(f"{base}/kv/{{key:.+}}", observe(write(kv.put)))
-    r.add_get(f"{base}/kv/{{key:.+}}", observe(read(kv.get)))
-    r.add_delete(f"{base}/kv/{{key:.+}}", observe(write(kv.delete)))
+    # order. One resource for the key's methods, so a GET or DELETE matches the path once
+    # instead of once per method registered before it. POST .../kv/batch still reaches
+    # the batch route (the key resource has no POST, so the router moves on), and
+    # PUT/GET/DELETE of a key named "batch" work.
+    key = r.add_resource(f"{base}/kv/{{key:.+}}")
+    key.add_route("PUT", observe(write(kv.put)))
+    get = observe(read(kv.get))
+    key.add_route("GET", get)
+    key.add_route("HEAD", get)  # as add_get() would
+    key.add_route("DELETE", observe(write(kv.delete)))
     r.add_post(f"{base}/kv/batch", observe(write(kv.batch)))
     for method in ("GET", "PUT", "DELETE"):
         r.add_route(method, f"{base}/kv/", observe(read(kv.empty_key)))
