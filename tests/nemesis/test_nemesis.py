@@ -1,6 +1,7 @@
 """A bounded Jepsen-style test: the seed's topology as real processes (dc1, dc2, the
-relayer, two CRDT clients), writers on both datacenters with a recorded history, a
-nemesis that kill -9's every process at random moments, and dc2 losing its disk.
+relayer, CRDT clients), six writers on the two datacenters with a recorded history, a
+nemesis that kill -9's every process (dc1, dc2, the relayer, a client) at random moments,
+and dc2 losing its disk (data dir wiped, restarted empty). About 70 s on 2 cores.
 
 The rules the checker holds the system to, after the faults heal:
 - No acknowledged write is lost on the datacenter that acknowledged it. dc2 lost its disk
@@ -134,7 +135,7 @@ def _caught_up(relayer: NodeProcess, dc: NodeProcess, ns: str) -> bool:
 
 def _refusal(relayer: NodeProcess) -> str | None:
     status, body = relayer.api("GET", "/readyz", timeout=5)
-    error = body.get("error") or "" if isinstance(body, dict) else ""
+    error = (body.get("error") or "") if isinstance(body, dict) else ""
     return error if status == 503 and "history mismatch" in error and DC2 in error else None
 
 
