@@ -11,6 +11,7 @@ commands on the Unix socket CONTROL (see mount.py for the client):
   match in order, `count` times each; `op` and `glob` (the file name) are shell
   patterns, op one of create, open, write, truncate, fsync, fsyncdir, rename, unlink,
   mkdir, rmdir; `contains`: text the written data must contain)
+- `{"cmd": "disarm"}`: forget the armed cut
 - `{"cmd": "wait_cut", "timeout": s}`: block until a cut happened; its report
 - `{"cmd": "trace"}`: the last operations seen (op, path), oldest first
 
@@ -278,6 +279,10 @@ def _answer(ops: LazyOps, req: dict[str, Any]) -> Any:
         with ops._mu:
             ops.trigger = _Trigger(req["stages"], req.get("when", "after"), req.get("torn_seed"))
         return {"armed": True}
+    if cmd == "disarm":
+        with ops._mu:
+            ops.trigger = None
+        return {"armed": False}
     if cmd == "wait_cut":
         return ops.cut_report if ops.cut_done.wait(req.get("timeout", 30)) else None
     if cmd == "trace":

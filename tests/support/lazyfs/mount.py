@@ -113,6 +113,9 @@ class LazyFS:
         """Cut by itself at the operation that completes `stages` (see daemon.py)."""
         self.request("arm", stages=stages, when=when, torn_seed=torn_seed)
 
+    def disarm(self) -> None:
+        self.request("disarm")
+
     def wait_cut(self, timeout: float) -> dict[str, Any] | None:
         """The report of the armed cut once it happened (None: not within timeout)."""
         report = self.request("wait_cut", io_timeout=timeout + 5, timeout=timeout)
