@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.power.harness import Machine
+from tests.power.harness import TOTALS, Machine
 from tests.support.lazyfs import REQUIRE_ENV, LazyFS, unavailable
 
 
@@ -38,3 +38,10 @@ def machine(tmp_path: Path) -> Iterator[Callable[[str], Machine]]:
         for node in m.nodes:
             node.power_off()
         m.fs.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TOTALS["cuts"]:
+        terminalreporter.write_line(
+            f"power loss: {TOTALS['cuts']} power cuts, {TOTALS['acked']} acknowledged writes "
+            f"checked after them, {TOTALS['compared']} replicated records compared")

@@ -10,6 +10,7 @@ durable and starts the node on it.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import logging
@@ -42,6 +43,16 @@ from tests.support.lazyfs import LazyFS
 from tests.support.nodes import HOST, NodeProcess, b64, kv_path
 
 log = logging.getLogger(__name__)
+
+# What this session's power-loss tests did (conftest prints it): cuts, acknowledged
+# writes checked after them, replicated records compared between nodes.
+TOTALS: collections.Counter[str] = collections.Counter()
+
+
+def tally(what: str, cuts: int, acked: int, compared: int = 0) -> None:
+    TOTALS.update(cuts=cuts, acked=acked, compared=compared)
+    log.info("%s: %d power cuts, %d acknowledged writes checked%s", what, cuts, acked,
+             f", {compared} replicated records compared" if compared else "")
 
 
 class PowerNode(NodeProcess):

@@ -31,6 +31,7 @@ from tests.power.harness import (
     Writers,
     check_store,
     read_store,
+    tally,
 )
 from tests.support.nodes import seed_cluster, single_node_config
 
@@ -80,8 +81,7 @@ def test_cut_right_after_acknowledgements(machine: Callable[[str], Machine],
             writers.wait_acks(120)
             # Every other cut is torn: a random prefix of what was not synced survives.
             cut_and_check(m, node, history, m.fs.cut(torn_seed=i if i % 2 else None))
-    log.info("after-ack cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
-             history.acked)
+    tally("right after acknowledgements", len(m.fs.cuts), history.acked)
 
 
 def armed_cuts(m: Machine, node: PowerNode, history: History,
@@ -118,8 +118,7 @@ def test_cut_during_wal_switches(machine: Callable[[str], Machine], tmp_path: Pa
     history = History()
     with Writers(node.http_port, NS, history):
         armed_cuts(m, node, history, WAL_SWITCH_CUTS)
-    log.info("WAL-switch cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
-             history.acked)
+    tally("WAL switches", len(m.fs.cuts), history.acked)
 
 
 SST = {"op": "create", "glob": "*.sst"}
@@ -139,8 +138,7 @@ def test_cut_during_compaction(machine: Callable[[str], Machine], tmp_path: Path
     history = History()
     with Writers(node.http_port, NS, history):
         armed_cuts(m, node, history, COMPACTION_CUTS)
-    log.info("compaction cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
-             history.acked)
+    tally("compaction", len(m.fs.cuts), history.acked)
 
 
 # The trim's batch is the only one that writes the first_lsn meta key.
@@ -160,8 +158,7 @@ def test_cut_during_retention_trim(machine: Callable[[str], Machine], tmp_path: 
     history = History()
     with Writers(node.http_port, NS, history):
         armed_cuts(m, node, history, RETENTION_CUTS)
-    log.info("retention cuts: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
-             history.acked)
+    tally("retention trim", len(m.fs.cuts), history.acked)
 
 
 # ------------------------------------------------------------ replication
@@ -251,9 +248,8 @@ def test_cut_datacenter_and_relayer_while_replicating(
         writers.wait_acks(60)
     caught_up(dc, relayer)
     compared = same_history(dc, relayer, history)
-    log.info("replication cuts: %d on the relayer, %d on dc1, %d acknowledged writes, "
-             "%d records compared", len(relayer_m.fs.cuts), len(dc_m.fs.cuts), history.acked,
-             compared)
+    tally("replicated apply (relayer and dc1)", len(relayer_m.fs.cuts) + len(dc_m.fs.cuts),
+          history.acked, compared)
 
 
 # The install's marker (begin: set, finish: deleted) and the batch that switches the
@@ -291,8 +287,7 @@ def test_cut_relayer_while_it_installs_a_snapshot(
     caught_up(dc, relayer)
     assert "snapshot installed at lsn" in relayer.logs()
     compared = same_history(dc, relayer, history)
-    log.info("snapshot cuts: %d on the relayer, %d acknowledged writes, %d records compared",
-             len(relayer_m.fs.cuts), history.acked, compared)
+    tally("snapshot install", len(relayer_m.fs.cuts), history.acked, compared)
 
 
 def _kill_helpers(node: PowerNode) -> int:
@@ -323,8 +318,7 @@ def test_cut_after_the_helper_died(machine: Callable[[str], Machine], tmp_path: 
             assert report is not None, f"no cut at {stages}: {m.fs.stats()}"
             cut_and_check(m, node, history, report)
     assert "syncing the WAL in-process from now on" in node.logs()
-    log.info("cuts after the helper died: %d cuts, %d acknowledged writes checked",
-             len(m.fs.cuts), history.acked)
+    tally("in-process sync after the helper died", len(m.fs.cuts), history.acked)
 
 
 # Recovery's own steps: a new MANIFEST, CURRENT switched to it, the new WAL, a flush of
@@ -359,5 +353,4 @@ def test_cut_again_while_recovering(machine: Callable[[str], Machine], tmp_path:
                 m.fs.disarm()
                 continue
             cut_and_check(m, node, history, second)
-    log.info("cuts during recovery: %d cuts, %d acknowledged writes checked", len(m.fs.cuts),
-             history.acked)
+    tally("during recovery", len(m.fs.cuts), history.acked)
