@@ -117,6 +117,10 @@ class NotifierConfig:
     # ZMQ_MAXMSGSIZE: the largest message a peer may send (subscriptions are a
     # subscriber's only messages); a peer over it is disconnected.
     max_msg_size: int = 64 * 1024
+    # CURVE (off when empty): the notifier's own certificate (with its secret key), and a
+    # directory of subscribers' public certificates (*.key); with it only those subscribe.
+    curve_secret_key_file: str = ""
+    curve_authorized_keys_dir: str = ""
 
 
 @dataclass

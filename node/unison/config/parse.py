@@ -322,7 +322,12 @@ def _notifiers(z: _Section, served: set[str]) -> list[NotifierConfig]:
             high_water_mark=e.int("high_water_mark", 1000),
             linger_time=e.int("linger_time", 1000),
             max_msg_size=e.size("max_msg_size", 64 * 1024),
+            curve_secret_key_file=e.str("curve_secret_key_file"),
+            curve_authorized_keys_dir=e.str("curve_authorized_keys_dir"),
         )
+        if nc.curve_authorized_keys_dir and not nc.curve_secret_key_file:
+            raise ConfigError(f"{e.key('curve_authorized_keys_dir')}: needs "
+                              "curve_secret_key_file (the notifier's own CURVE certificate)")
         if ns not in served:
             raise ConfigError(f"notifier_config.{ns}: namespace is not in storage_config.namespaces")
         if nc.bind_port in ports:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from unison.config.model import NodeConfig
+from unison.config.model import NodeConfig, NotifierConfig
 from unison.config.units import format_duration, format_size
 
 
@@ -61,6 +61,19 @@ def _http(cfg: NodeConfig) -> dict[str, Any]:
     return http
 
 
+def _notifier(nc: NotifierConfig) -> dict[str, Any]:
+    notifier: dict[str, Any] = {
+        "bind_port": nc.bind_port,
+        "high_water_mark": nc.high_water_mark,
+        "linger_time": nc.linger_time,
+        "max_msg_size": format_size(nc.max_msg_size),
+    }
+    for k in ("curve_secret_key_file", "curve_authorized_keys_dir"):
+        if getattr(nc, k):  # unset stays out, as in files written before CURVE
+            notifier[k] = getattr(nc, k)
+    return notifier
+
+
 def render_toml(cfg: NodeConfig) -> str:
     """NodeConfig -> UnisonDB-style TOML that `load_config` reads back to an equal config."""
     lines = ["# Rendered by unison.config; edit the UnisonCluster, not this file.",
@@ -102,12 +115,7 @@ def render_toml(cfg: NodeConfig) -> str:
                 entry[k] = getattr(up, k)
         _table(lines, f"relayer_config.{_toml_key(up.name)}", entry)
     for nc in cfg.notifiers:
-        _table(lines, f"notifier_config.{_toml_key(nc.namespace)}", {
-            "bind_port": nc.bind_port,
-            "high_water_mark": nc.high_water_mark,
-            "linger_time": nc.linger_time,
-            "max_msg_size": format_size(nc.max_msg_size),
-        })
+        _table(lines, f"notifier_config.{_toml_key(nc.namespace)}", _notifier(nc))
     log: dict[str, object] = {"log_level": cfg.log.log_level}
     if cfg.log.log_format != "text":  # the defaults stay out: UnisonDB's files have neither
         log["log_format"] = cfg.log.log_format
