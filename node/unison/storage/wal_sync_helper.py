@@ -1,9 +1,11 @@
 """The WAL sync helper process (see wal_sync.py): `python -I wal_sync_helper.py DIR FD`.
 
-Standard library only and nothing else imported, so it starts fast and stays small. Per
-request byte on the socket FD it `fdatasync`s every live `*.log` file in DIR (and DIR
-itself when a new log appeared), then answers OK, or ERROR + message + newline. It exits
-when the node's end of the socket closes, including when the node is killed.
+Standard library only and nothing else imported, so it starts fast and stays small. At
+start it `fsync`s every directory above DIR (so the entries naming a new database
+directory are durable before anything is acknowledged). Per request byte on the socket
+FD it `fdatasync`s every live `*.log` file in DIR (and DIR itself when a new log
+appeared), then answers OK, or ERROR + message + newline. It exits when the node's end
+of the socket closes, including when the node is killed.
 """
 
 import os
@@ -33,7 +35,8 @@ def sync_ancestors(directory: str) -> None:
         path = parent
 
 
-def serve(directory: str, sock: socket.socket) -> None:
+def serve(directory: str, sock: socket.socket, broken: OSError | None = None) -> None:
+    """Answer sync requests; with `broken`, every one with that error."""
     dir_fd = -1
     logs: dict[str, int] = {}  # live WAL file name -> our read-only descriptor
     while True:
@@ -41,9 +44,10 @@ def serve(directory: str, sock: socket.socket) -> None:
         if not request:
             return  # the node closed its end, or died
         try:
+            if broken is not None:
+                raise broken
             names = {e.name for e in os.scandir(directory) if e.name.endswith(".log")}
-            if dir_fd < 0:  # the first request: before anything is acknowledged
-                sync_ancestors(directory)
+            if dir_fd < 0:
                 dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
             appeared = False
             for name in names - logs.keys():
@@ -64,6 +68,15 @@ def serve(directory: str, sock: socket.socket) -> None:
         sock.sendall(answer)
 
 
+def main(directory: str, sock: socket.socket) -> None:
+    broken = None
+    try:
+        sync_ancestors(directory)  # before the first answer: nothing is acknowledged yet
+    except OSError as e:
+        broken = OSError(f"fsync of the directories above {directory} failed: {e}")
+    serve(directory, sock, broken)
+
+
 if __name__ == "__main__":
     # Ctrl-C (and a supervisor's SIGTERM to the process group) reach us too; the node
     # drains its writes, which may still need us, and then closes our socket: that is
@@ -71,7 +84,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        serve(sys.argv[1], socket.socket(fileno=int(sys.argv[2])))
+        main(sys.argv[1], socket.socket(fileno=int(sys.argv[2])))
     except (ConnectionError, KeyboardInterrupt):
         # The node was killed mid-request (reset, broken pipe): nothing to answer, and
         # nothing to say on the node's stderr; the WAL is RocksDB's to recover.
