@@ -19,15 +19,18 @@ ERROR = b"E"  # followed by a message and b"\n"
 
 
 def sync_ancestors(directory: str) -> None:
-    """fsync every directory above `directory`: the node creates the namespace directory
+    """fsync the directories above `directory`: the node creates the namespace directory
     (and base_dir) itself, and RocksDB never syncs the entry that names its database
-    directory, so without this a power cut can take a fresh namespace away whole."""
-    path = os.path.abspath(directory)
-    while True:
-        parent = os.path.dirname(path)
-        if parent == path:
+    directory, so without this a power cut can take a fresh namespace away whole. Stops
+    at the filesystem's root (a mount point's own entry predates the node) and at a
+    directory it may not read (the node did not make that one, nor any above it)."""
+    path = os.path.realpath(directory)
+    dev = os.stat(path).st_dev
+    while (parent := os.path.dirname(path)) != path and os.stat(parent).st_dev == dev:
+        try:
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
             return
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
