@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "client": ("unison.client.main", "run the CRDT client that prints converged state"),
     "up": ("unison.local.up", "run a UnisonCluster manifest as local processes"),
     "demo": ("unison.local.demo", "start a local cluster and run the seed's scenarios"),
+    "curve-keypair": ("unison.notify.keygen",
+                      "make a ZeroMQ CURVE certificate pair for notifier authentication"),
     "render": ("unison_operator.render_cli", "print the Kubernetes manifests for a UnisonCluster"),
     "operator": ("unison_operator.run", "run the Kubernetes operator (kopf)"),
 }

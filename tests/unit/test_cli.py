@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-EXPECTED = ("node", "client", "up", "demo", "render", "operator")
+EXPECTED = ("node", "client", "up", "demo", "curve-keypair", "render", "operator")
 
 
 def unison(*args: str) -> subprocess.CompletedProcess[str]:

@@ -44,7 +44,8 @@ async def run(opts: ClientOptions) -> int:
             api = RelayerAPI(opts.http, session)
             syncs = [
                 NamespaceSync(ns, addr, ctx=ctx, api=api, state=state, metrics=metrics,
-                              printer=printer, resync_interval=opts.resync_interval, stop=stop)
+                              printer=printer, resync_interval=opts.resync_interval, stop=stop,
+                              curve=opts.curve)
                 for ns, addr in opts.zmq.items()
             ]
             try:

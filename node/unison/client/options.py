@@ -7,8 +7,12 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from unison.logs import FORMATS
+
+if TYPE_CHECKING:
+    from unison.notify.curve import ClientKeys
 
 DEFAULT_HTTP = "http://localhost:8003"
 DEFAULT_ZMQ = {
@@ -33,6 +37,7 @@ class ClientOptions:
     quiet: bool = False
     log_level: str = "INFO"
     log_format: str = "text"
+    curve: ClientKeys | None = None  # CURVE keys for every notifier; None: plaintext
 
 
 DESCRIPTION = """\
@@ -54,6 +59,7 @@ environment (used when the option is not given):
   UNISON_STATE_PORT   port of the /state, /metrics, /healthz server
   UNISON_STATE_HOST   address that server binds
   UNISON_LOG_LEVEL    log level
+  UNISON_CURVE_SERVER_KEY, UNISON_CURVE_CERT   the two --curve-* files
 
 HTTP endpoints served: /state (JSON of the converged state), /metrics (Prometheus),
 /healthz (always 200 while running), /readyz (200 once every namespace was scanned).
@@ -105,6 +111,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR (default INFO)"
     )
     p.add_argument(
+        "--curve-server-key", metavar="FILE",
+        help="the notifiers' public CURVE certificate (NAME.key of `unison curve-keypair`): "
+        "subscribe over CURVE, encrypted, to notifiers with that key (all namespaces)",
+    )
+    p.add_argument(
+        "--curve-cert", metavar="FILE",
+        help="this client's CURVE certificate with its secret key (NAME.key_secret), for "
+        "notifiers with curve_authorized_keys_dir; default: a fresh key pair per run",
+    )
+    p.add_argument(
         "--log-format", choices=FORMATS, default="text",
         help="text for people (default), or json: one object per line for log pipelines",
     )
@@ -149,6 +165,25 @@ def _port(text: str, source: str) -> int:
     if not 0 <= port <= 65535:
         raise UsageError(f"{source}: port {port} is out of range 0-65535")
     return port
+
+
+def _curve(args: argparse.Namespace, env: Mapping[str, str]) -> ClientKeys | None:
+    """Load the CURVE keys now, so that a bad file is a usage error naming the option."""
+    server, server_src = ((args.curve_server_key, "--curve-server-key") if args.curve_server_key
+                          else (env.get("UNISON_CURVE_SERVER_KEY", ""), "UNISON_CURVE_SERVER_KEY"))
+    cert, cert_src = ((args.curve_cert, "--curve-cert") if args.curve_cert
+                      else (env.get("UNISON_CURVE_CERT", ""), "UNISON_CURVE_CERT"))
+    if not server:
+        if cert:
+            raise UsageError(f"{cert_src}: needs --curve-server-key (the notifiers' public "
+                             "certificate)")
+        return None
+    from unison.notify.curve import KeyFileError, load_client_keys  # imports zmq: only here
+
+    try:
+        return load_client_keys(server, cert, server_src, cert_src)
+    except KeyFileError as e:
+        raise UsageError(str(e)) from None
 
 
 def parse_options(argv: list[str], env: Mapping[str, str] | None = None) -> ClientOptions:
@@ -197,4 +232,5 @@ def parse_options(argv: list[str], env: Mapping[str, str] | None = None) -> Clie
     opts.log_level = level
     opts.log_format = args.log_format
     opts.quiet = args.quiet
+    opts.curve = _curve(args, env)
     return opts

@@ -42,6 +42,7 @@ from unison.client import output
 from unison.client.metrics import Metrics
 from unison.client.relayer import Position, RelayerAPI, RelayerBehind, RelayerError
 from unison.crdt import CRDTState, Kind, MalformedValueError, Outcome
+from unison.notify.curve import ClientKeys, secure_client
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class NamespaceSync:
         printer: StdoutPrinter,
         resync_interval: float,
         stop: asyncio.Event,
+        curve: ClientKeys | None = None,
     ) -> None:
         self.ns = namespace
         self.address = address
@@ -150,6 +152,8 @@ class NamespaceSync:
         self._offset_target: int | None = None  # offset seen one interval ago
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:  # before connect: the handshake uses them
+            secure_client(self.sock, curve)
 
     def connect(self) -> None:
         """Connect and subscribe (raises zmq.ZMQError for a bad address)."""

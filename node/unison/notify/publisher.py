@@ -36,6 +36,11 @@ their own (seeing a `seq_num` gap if a write fell in between). `max_msg_size`
 (ZMQ_MAXMSGSIZE) disconnects a peer that sends a larger message before it is buffered,
 and a small receive high-water mark keeps what libzmq reads ahead of us small. The socket binds the node's HTTP `listen_ip`
 (`tcp://*` only when that is 0.0.0.0).
+
+With `curve_secret_key_file` the socket speaks CURVE only (notify/curve.py): a peer that
+fails the handshake (no CURVE, a wrong server key, a client key not in
+`curve_authorized_keys_dir`) is disconnected before it can send a subscription, and is
+counted and logged at a bounded rate. The renewal binds again with the same keys.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ import zmq
 from unison.config import NotifierConfig, WriteNotifyConfig
 from unison.errors import StartupError
 from unison.memory import release_memory
+from unison.notify.curve import CurveServer, KeyFileError, load_server_keys
 from unison.notify.message import encode_notification, topic
 from unison.storage import CorruptRecord, LogCursor, LogTrimmed, NamespaceStore, Record, StoreClosed
 from unison.storage.cursor import NOTIFIER
@@ -85,6 +91,7 @@ class Notifier:
         self.namespace = store.name
         self._topic = topic(self.namespace)
         self._ctx: zmq.Context[zmq.Socket[bytes]] | None = None
+        self._curve: CurveServer | None = None
         self._sock: zmq.Socket[bytes] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cursor: LogCursor | None = None
@@ -99,10 +106,45 @@ class Notifier:
     def endpoint(self) -> str:
         return f"tcp://{self.bind_ip}:{self.config.bind_port}"
 
+    @property
+    def refused_handshakes(self) -> int:
+        return self._curve.refusals.count if self._curve is not None else 0
+
+    def _load_curve(self) -> CurveServer | None:
+        c = self.config
+        if not c.curve_secret_key_file:
+            return None
+        try:
+            keys = load_server_keys(self.namespace, c.curve_secret_key_file,
+                                    c.curve_authorized_keys_dir)
+        except KeyFileError as e:
+            raise StartupError(str(e)) from None
+        return CurveServer(self.namespace, keys)
+
+    def _new_context(self) -> zmq.Context[zmq.Socket[bytes]]:
+        """A context with its ZAP handler (when clients are checked) already bound."""
+        assert self._loop is not None
+        ctx = zmq.Context()
+        if self._curve is not None:
+            self._curve.open(ctx, self._loop)
+        return ctx
+
+    def _end_context(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        """Close the ZAP handler so that ctx.term() can return; call before it."""
+        if self._curve is not None:
+            self._curve.close()
+
     def _bind(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.XPUB)
+        if self._curve is not None:
+            self._curve.secure(sock)
         sock.setsockopt(zmq.SNDHWM, self.config.high_water_mark)
-        sock.setsockopt(zmq.RCVHWM, _SUBSCRIPTION_HWM)
+        hwm = _SUBSCRIPTION_HWM
+        if self._curve is not None and self._curve.keys.authorized is not None:
+            # A peer that passed ZAP has one message of libzmq's own in its pipe ahead of
+            # its subscriptions: with 1 none would ever arrive. Such a peer is trusted.
+            hwm += 1
+        sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.LINGER, self.config.linger_time)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_msg_size or -1)
         sock.setsockopt(zmq.XPUB_MANUAL, 1)  # subscriptions are applied by _subscriptions
@@ -117,14 +159,19 @@ class Notifier:
         assert self._loop is not None
         self._sock = sock
         self._fd = sock.getsockopt(zmq.FD)
+        if self._curve is not None:
+            self._curve.watch(sock, self._loop)
         self._loop.add_reader(self._fd, self._subscriptions)
         self._subscriptions()  # ZMQ_FD is edge-triggered: drain what is there already
 
     async def start(self) -> None:
-        ctx = zmq.Context()
+        self._curve = self._load_curve()  # raises StartupError naming the field
+        self._loop = asyncio.get_running_loop()
+        ctx = self._new_context()
         try:
             sock = self._bind(ctx)
         except zmq.ZMQError as e:
+            self._end_context(ctx)
             ctx.term()
             raise StartupError(
                 f"notifier_config.{self.namespace}: cannot bind the ZeroMQ publisher for "
@@ -132,14 +179,14 @@ class Notifier:
                 f"{zmq.strerror(e.errno)}"
             ) from e
         self._ctx = ctx
-        self._loop = asyncio.get_running_loop()
         self._listen(sock)
         self._cursor = self.store.cursor(self.store.last_lsn + 1, NOTIFIER)
         self._cursor.on_commit(self._on_commit)
-        log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, %s)",
+        log.info("ZeroMQ notifier for namespace %s listening on %s (hwm %d, %s, %s)",
                  self.namespace, self.endpoint, self.config.high_water_mark,
                  f"wake-ups coalesced over {self.write_notify.max_delay:g}s, leading edge"
-                 if self._coalescing else "every commit sent at once")
+                 if self._coalescing else "every commit sent at once",
+                 self._curve.describe() if self._curve is not None else "CURVE off")
 
     async def stop(self) -> None:
         """Stop listening, send what is held back, close within linger_time."""
@@ -158,6 +205,7 @@ class Notifier:
         if self._ctx is not None:
             # term() waits (at most linger_time) for queued messages to reach subscribers.
             ctx, self._ctx = self._ctx, None
+            self._end_context(ctx)
             await asyncio.get_running_loop().run_in_executor(None, ctx.term)
         log.info("ZeroMQ notifier for namespace %s stopped (sent %d, dropped %d)",
                  self.namespace, self.sent, self.dropped)
@@ -197,6 +245,8 @@ class Notifier:
         if self._fd is not None and self._loop is not None:
             self._loop.remove_reader(self._fd)
         self._fd = None
+        if self._curve is not None:
+            self._curve.unwatch()  # the monitor goes before its socket closes
 
     def _renew(self) -> None:
         """Drop every peer and libzmq's subscription tries, then bind again (_rebind)."""
@@ -218,9 +268,10 @@ class Notifier:
         loop = asyncio.get_running_loop()
         old, self._ctx = self._ctx, None
         if old is not None:
+            self._end_context(old)
             await loop.run_in_executor(None, old.term)
         release_memory(0)
-        ctx = zmq.Context()
+        ctx = self._new_context()
         error: zmq.ZMQError | None = None
         try:
             for _ in range(250):  # the old listener may still be closing
@@ -238,6 +289,7 @@ class Notifier:
         finally:
             self._renewing = None
             if self._ctx is not ctx:
+                self._end_context(ctx)
                 ctx.term()
 
     # ------------------------------------------------------------ commit path
