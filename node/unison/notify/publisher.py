@@ -217,6 +217,7 @@ class Notifier:
             "pending": len(self._pending),
             "last_seq_num": self.last_seq_num,
             "wakeups": self.wakeups,
+            "refused_handshakes": self.refused_handshakes,  # CURVE: peers turned away
         }
 
     def _subscriptions(self) -> None:
