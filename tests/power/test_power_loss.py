@@ -103,10 +103,17 @@ NEW_WAL = {"op": "create", "glob": "*.log"}
 # Cut points around a WAL switch, counted from the creation of a new WAL file: the k-th
 # filesystem operation after it (its first write, its fdatasync, the directory fsync
 # that names it, the next commit...), and a switch right after a memtable flush.
+# (Traced: the write that switches files returns only after RocksDB itself fdatasynced
+# the closed file and fsynced the directory; the helper then fdatasyncs the new file and
+# fsyncs the directory again, since the file is new to it. test_lazyfs.py shows the
+# helper alone suffices, without RocksDB's help.)
 WAL_SWITCH_CUTS = [
     _after(NEW_WAL),
     *(_after(NEW_WAL, {"op": "*", "count": k}) for k in (1, 3)),
-    _after(NEW_WAL, {"op": "fsync", "glob": "*.log"}),
+    # Within the helper's first rounds after the switch (each fdatasyncs every live WAL
+    # file, then answers), and around the first directory sync after it.
+    *(_after(NEW_WAL, {"op": "fsync", "glob": "*.log", "count": k}) for k in (1, 3, 6)),
+    ([NEW_WAL, {"op": "fsyncdir"}], "before"),
     _after(NEW_WAL, {"op": "fsyncdir"}),
     _after({"op": "create", "glob": "*.sst"}, NEW_WAL, {"op": "fsync", "glob": "*.log"}),
 ]
