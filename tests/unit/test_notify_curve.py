@@ -67,6 +67,7 @@ def test_keypair_files_are_zeromq_certificates_and_the_secret_is_private(tmp_pat
 def test_certificate_errors_name_the_field(keys: Path) -> None:
     (keys / "junk").write_text("hello\n")
     (keys / "short").write_text('curve\n    public-key = "abc"\n')
+    (keys / "overflow").write_text('curve\n    public-key = "' + "#" * 40 + '"\n')
     swapped = (keys / "server.key_secret").read_text().replace(
         (keys / "server.key").read_text().split('"')[-2],
         (keys / "alice.key").read_text().split('"')[-2])
@@ -76,6 +77,7 @@ def test_certificate_errors_name_the_field(keys: Path) -> None:
         (keys, True, "cannot read the certificate"),
         (keys / "junk", False, "is not a ZeroMQ certificate"),
         (keys / "short", False, "public-key is not a 40-character Z85 CURVE key"),
+        (keys / "overflow", False, "public-key is not a 40-character Z85 CURVE key"),
         (keys / "server.key", True, "has no secret-key"),
         (keys / "swapped", True, "the secret-key does not belong to its public-key"),
     ]

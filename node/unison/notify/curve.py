@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,7 @@ class ClientKeys:
 def _z85_key(key: bytes, field: str, path: str, which: str) -> bytes:
     try:
         ok = len(key) == 40 and len(z85.decode(key)) == 32
-    except (ValueError, KeyError, TypeError):  # z85.decode: KeyError for a bad character
+    except (ValueError, KeyError, TypeError, struct.error):  # bad length, character, value
         ok = False
     if not ok:
         raise KeyFileError(f"{field}: {path}: the {which} is not a 40-character Z85 CURVE key")
