@@ -361,3 +361,24 @@ def test_cut_again_while_recovering(machine: Callable[[str], Machine], tmp_path:
                 continue
             cut_and_check(m, node, history, second)
     tally("during recovery", len(m.fs.cuts), history.acked)
+
+
+def test_cut_while_stopping(machine: Callable[[str], Machine], tmp_path: Path) -> None:
+    """SIGTERM drains the queued writes (acknowledging them) and closes RocksDB; the
+    power goes at the k-th filesystem operation after the node says it is stopping (or,
+    when it finished first, right after)."""
+    m = machine("disk")
+    node = dc_on(m, tmp_path, write_buffer=SMALL_BUFFER)
+    history = History()
+    with Writers(node.http_port, NS, history, n=8) as writers:
+        for i, k in enumerate((1, 3, 8)):
+            writers.wait_acks(100)
+            seen = node.logs().count("shutting down")
+            assert node.proc is not None
+            node.proc.send_signal(signal.SIGTERM)
+            while node.logs().count("shutting down") == seen and node.proc.poll() is None:
+                time.sleep(0.002)
+            m.fs.arm([{"op": "*", "count": k}], torn_seed=i if i % 2 else None)
+            report = m.fs.wait_cut(timeout=10)
+            cut_and_check(m, node, history, report or m.fs.cut())
+    tally("while stopping", len(m.fs.cuts), history.acked)
