@@ -42,7 +42,7 @@ from unison.client import output
 from unison.client.metrics import Metrics
 from unison.client.relayer import Position, RelayerAPI, RelayerBehind, RelayerError
 from unison.crdt import CRDTState, Kind, MalformedValueError, Outcome
-from unison.notify.curve import ClientKeys, secure_client
+from unison.notify.curve import ClientHandshakeWatch, ClientKeys, secure_client
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,10 @@ class NamespaceSync:
         self._offset_target: int | None = None  # offset seen one interval ago
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self._curve_watch: ClientHandshakeWatch | None = None
         if curve is not None:  # before connect: the handshake uses them
             secure_client(self.sock, curve)
+            self._curve_watch = ClientHandshakeWatch(self.sock, namespace, address)
 
     def connect(self) -> None:
         """Connect and subscribe (raises zmq.ZMQError for a bad address)."""
@@ -164,6 +166,8 @@ class NamespaceSync:
         self.printer.show(f"ZeroMQ listener started for namespace: {self.ns}", always=True)
 
     def close(self) -> None:
+        if self._curve_watch is not None:
+            self._curve_watch.close()
         self.sock.close(linger=0)
 
     def status(self) -> dict[str, Any]:

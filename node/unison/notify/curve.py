@@ -136,11 +136,12 @@ def secure_client(sock: zmq.Socket[bytes], keys: ClientKeys) -> None:
 
 
 class Refusals:
-    """Counts refused subscribers; logs the first and then at most one line per
+    """Counts failed handshakes; logs the first and then at most one line per
     REFUSAL_LOG_INTERVAL, so a flood of handshakes cannot flood the log."""
 
-    def __init__(self, namespace: str) -> None:
+    def __init__(self, namespace: str, what: str = "refused a ZeroMQ subscriber") -> None:
         self.namespace = namespace
+        self.what = what
         self.count = 0
         self._logged_at: float | None = None
         self._unlogged = 0
@@ -151,9 +152,9 @@ class Refusals:
         if self._logged_at is not None and now - self._logged_at < REFUSAL_LOG_INTERVAL:
             self._unlogged += 1
             return
-        log.warning("namespace %s: refused a ZeroMQ subscriber: %s (%d refused so far, %d "
-                    "not logged; at most one line per %gs)", self.namespace, what, self.count,
-                    self._unlogged, REFUSAL_LOG_INTERVAL)
+        log.warning("namespace %s: %s: %s (%d so far, %d not logged; at most one line per "
+                    "%gs)", self.namespace, self.what, what, self.count, self._unlogged,
+                    REFUSAL_LOG_INTERVAL)
         self._logged_at, self._unlogged = now, 0
 
 
@@ -240,6 +241,43 @@ class HandshakeWatch(_Reader):
 
     def close(self) -> None:
         self.xpub.disable_monitor()
+        super().close()
+
+
+def _client_reason(event: int, value: int) -> str:
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (f"the notifier refused this client's key (ZAP {value}): add its NAME.key to "
+                "the node's curve_authorized_keys_dir, or pass the right --curve-cert")
+    if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "the notifier does not speak CURVE (no curve_secret_key_file there)"
+    # A wrong server key: the notifier cannot read our HELLO and just closes (no detail).
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL or value in (
+            zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC, zmq.PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE):
+        return "the CURVE handshake failed: is --curve-server-key the notifier's NAME.key?"
+    return _describe(event, value)
+
+
+class ClientHandshakeWatch(_Reader):
+    """Says why a CURVE subscriber receives nothing: libzmq does not retry a refused
+    handshake and reports it nowhere else."""
+
+    def __init__(self, sub: zmq.Socket[bytes], namespace: str, address: str) -> None:
+        self.sub = sub
+        self.refusals = Refusals(namespace, f"no ZeroMQ notifications from {address}")
+        endpoint = f"inproc://unison.curve-watch.{id(self)}"
+        sub.monitor(endpoint, _HANDSHAKE_EVENTS)
+        # A plain socket in the subscriber's own context (asyncio sockets return futures).
+        mon = zmq.Context.shadow(sub.context.underlying).socket(zmq.PAIR)
+        mon.connect(endpoint)
+        super().__init__(mon, asyncio.get_running_loop())
+        self._drain()
+
+    def handle(self, frames: list[bytes]) -> None:
+        event = parse_monitor_message(frames)
+        self.refusals.note(_client_reason(event["event"], event["value"]))
+
+    def close(self) -> None:
+        self.sub.disable_monitor()
         super().close()
 
 
