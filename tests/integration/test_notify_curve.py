@@ -3,9 +3,9 @@
 With `curve_secret_key_file` and `curve_authorized_keys_dir` set, an authorized
 subscriber (a raw SUB socket, and the real `unison client` process) gets notifications;
 a client without CURVE, or with a key not in the directory, gets none, the node logs the
-refusal and stays up; unauthenticated peers flooding the port fail the handshake before
-any subscription is filed, so the node's memory stays bounded. Bad key files fail the
-start with a message naming the field. CURVE off is covered by the suite as before
+refusal and stays up, also after the socket is renewed; unauthenticated peers flooding
+the port fail the handshake before any subscription is filed, so the node's memory stays
+bounded. Bad key files fail the start with a message naming the field. CURVE off is covered by the suite as before
 (tests/integration/test_hostile.py, test_notify_nodes.py).
 """
 
@@ -309,6 +309,28 @@ def test_unauthenticated_floods_are_refused_before_any_subscription(node: NodePr
         # Bounded log: one refusal line per 10 s per notifier, not one per refusal.
         lines = node.logs().count("refused a ZeroMQ subscriber") - lines_before
         assert lines < 10 and refusals(node) - before >= 301, node.logs()[-3000:]
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_renewal_after_a_subscription_flood_keeps_curve(node: NodeProcess, keys: Path) -> None:
+    """An authorized peer's subscriptions that cannot match make the notifier renew its
+    socket (_bind again): afterwards CURVE still admits alice and refuses the others."""
+    renewals = node.logs().count("renewing the ZeroMQ socket")
+    ctx = zmq.Context()
+    try:
+        flooder = subscriber(ctx, node, keys, "alice")
+        for i in range(2000):  # 400 KB of subscriptions that cannot match: over 64 KB
+            flooder.setsockopt(zmq.SUBSCRIBE, b"zz%06d" % i + b"y" * 192)
+        wait_for(lambda: node.logs().count("renewing the ZeroMQ socket") > renewals,
+                 "the socket's renewal")
+        flooder.close()
+        before = refusals(node)
+        mallory, plain = subscriber(ctx, node, keys, "mallory"), subscriber(ctx, node, keys, None)
+        wait_for(lambda: refusals(node) >= before + 2, "both refused by the renewed socket")
+        alice = subscriber(ctx, node, keys, "alice")
+        assert receives(node, alice, "after-renewal")["key"] == "after-renewal"
+        assert not mallory.poll(0) and not plain.poll(0)
     finally:
         ctx.destroy(linger=0)
 
