@@ -49,6 +49,7 @@ from unison.storage.layout import (
 )
 from unison.storage.records import CorruptRecord, Op, Record, lsn_key, lsn_of
 from unison.storage.wal_sync import WalSyncer, WalSyncerGone
+from unison.storage.wal_sync_helper import sync_ancestors
 from unison.storage.writer import GroupCommitWriter, Merger, Mutation
 
 __all__ = ["CommitListener", "LogTrimmed", "Mutation", "NamespaceStore", "OutOfOrder",
@@ -121,6 +122,8 @@ class NamespaceStore:
 
     def open(self) -> NamespaceStore:
         self.path.mkdir(parents=True, exist_ok=True)
+        if self.sync:  # also when the helper cannot start and the node syncs in-process
+            sync_ancestors(str(self.path))
         cfs = {name: options(self.bytes_per_sync) for name in (*DATA_CFS, LOG_CF)}
         self._db = Rdict(str(self.path), options(self.bytes_per_sync), column_families=cfs,
                          access_type=AccessType.read_write())
