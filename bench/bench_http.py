@@ -29,7 +29,7 @@ import tempfile
 import time
 import urllib.request
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +49,12 @@ class HttpSizes:
     warmup: float = 1.0
     rounds: int = 1  # bare/node pairs, alternating
     loop: str = "auto"  # event loop of both servers (unison.eventloop.CHOICES)
-    op: str = "put"  # "get": GETs of the keys the warm-up wrote (ceiling: the same GETs)
+    op: str = "put"  # "get": GETs of `get_keys` preloaded keys (ceiling: the same GETs)
+    get_keys: int = 10_000
 
 
 SIZES = {
-    "smoke": HttpSizes(seconds=1.0, connections=8, warmup=0.2),
+    "smoke": HttpSizes(seconds=1.0, connections=8, warmup=0.2, get_keys=500),
     "full": HttpSizes(seconds=5.0, rounds=3),
 }
 
@@ -204,7 +205,7 @@ def run_wrk(port: int, seconds: float, connections: int, value_size: int,
 
 
 async def _aiohttp_load(port: int, seconds: float, connections: int, value_size: int,
-                        key_prefix: str) -> dict[str, Any]:
+                        key_prefix: str, get_keys: int = 0) -> dict[str, Any]:
     import aiohttp
 
     body = json.dumps({"value": _value_b64(value_size)}).encode()
@@ -221,7 +222,11 @@ async def _aiohttp_load(port: int, seconds: float, connections: int, value_size:
             n += 1
             t0 = time.perf_counter()
             try:
-                async with session.put(f"{base}{w}-{n}", data=body, headers=headers) as r:
+                if get_keys:  # keys 1..get_keys, spread over the workers
+                    request = session.get(f"{base}{(w * 7919 + n) % get_keys + 1}")
+                else:
+                    request = session.put(f"{base}{w}-{n}", data=body, headers=headers)
+                async with request as r:
                     await r.read()
                     ok = r.status == 200
             except aiohttp.ClientError:
@@ -246,30 +251,47 @@ async def _aiohttp_load(port: int, seconds: float, connections: int, value_size:
 
 
 def run_aiohttp_client(port: int, seconds: float, connections: int, value_size: int,
-                       key_prefix: str) -> LoadResult:
+                       key_prefix: str, get_keys: int = 0) -> LoadResult:
     """The aiohttp load generator, in its own process so it does not share the server's loop."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_http", "--load", str(port), "--seconds", str(seconds),
          "--connections", str(connections), "--value-size", str(value_size),
-         "--key-prefix", key_prefix],
+         "--key-prefix", key_prefix, "--get-keys", str(get_keys)],
         capture_output=True, text=True, timeout=seconds + 60, check=True, env=python_env()).stdout
     return LoadResult(generator="aiohttp-client", **json.loads(out.strip().splitlines()[-1]))
 
 
 def drive_puts(port: int, seconds: float, connections: int, value_size: int, key_prefix: str,
                generator: str = "auto", get_keys: int = 0) -> LoadResult:
-    """PUTs to new keys; with `get_keys`, GETs cycling over keys 1..get_keys (wrk only)."""
+    """PUTs to new keys; with `get_keys`, GETs cycling over keys 1..get_keys."""
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "aiohttp"
     if get_keys:
-        if generator != "wrk":
-            raise RuntimeError("the GET load needs wrk (apt-get install wrk)")
-        return run_wrk(port, seconds, connections, value_size, key_prefix, "GET", get_keys)
+        if generator == "wrk":
+            return run_wrk(port, seconds, connections, value_size, key_prefix, "GET", get_keys)
+        return run_aiohttp_client(port, seconds, connections, value_size, key_prefix, get_keys)
     run = run_wrk if generator == "wrk" else run_aiohttp_client
     return run(port, seconds, connections, value_size, key_prefix)
 
 
 # ---------------------------------------------------------------- the measurement
+
+
+PRELOAD_PREFIX = "g-"
+
+
+def preload(port: int, keys: int, value_size: int) -> None:
+    """Keys g-1..g-<keys> with `value_size` random bytes, through POST /kv/batch."""
+    value = _value_b64(value_size)
+    for first in range(1, keys + 1, 1000):
+        items = [{"key": f"{PRELOAD_PREFIX}{i}", "value": value}
+                 for i in range(first, min(first + 1000, keys + 1))]
+        request = urllib.request.Request(
+            f"http://{HOST}:{port}/api/v1/{NAMESPACE}/kv/batch", method="POST",
+            data=json.dumps({"operation": "put", "items": items}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            r.read()
 
 
 def _node_offset(port: int) -> int:
@@ -315,12 +337,13 @@ def measure(sizes: HttpSizes, generator: str = "auto",
             if sizes.warmup:
                 load(bare, bare_port, sizes.warmup, "warm-")
                 load(node, node_port, sizes.warmup, "warm-")
+            if sizes.op == "get":
+                preload(node_port, sizes.get_keys, sizes.value_size)
             marks[x].append((_node_offset(node_port), _node_commits(node_port)))
         for r in range(sizes.rounds):
             for x, (bare, bare_port, node, node_port) in servers.items():
-                # GETs read what the warm-up wrote (one wrk thread: keys warm-1..warm-N).
-                keys = marks[x][0][0] if sizes.op == "get" else 0
-                prefix = "warm-" if keys else f"r{r}-"
+                keys = sizes.get_keys if sizes.op == "get" else 0
+                prefix = PRELOAD_PREFIX if keys else f"r{r}-"
                 runs[x][0].append(load(bare, bare_port, sizes.seconds, prefix, keys))
                 runs[x][1].append(load(node, node_port, sizes.seconds, prefix, keys))
         for x, (_, _, _, node_port) in servers.items():
@@ -389,6 +412,9 @@ def run(profile: str) -> Any:
     metrics = {k: float(r[k]) for k in ("put_per_s", "put_p50_ms", "put_p99_ms", "bare_per_s",
                                         "bare_p50_ms", "bare_p99_ms", "group_size",
                                         "put_cpu_us", "bare_cpu_us")}
+    g = measure(replace(sizes, op="get"))  # the same figures, named put_* and bare_*
+    metrics.update(get_per_s=g["put_per_s"], get_cpu_us=g["put_cpu_us"],
+                   bare_get_per_s=g["bare_per_s"], bare_get_cpu_us=g["bare_cpu_us"])
     return Outcome(
         metrics=metrics,
         samples={"node PUT (quantiles)": r["node"]["quantiles_ms"],
@@ -413,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="alternating bare/node measurements; figures are medians")
     p.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
     p.add_argument("--op", choices=("put", "get"), default="put",
-                   help="get: GETs of the keys the warm-up wrote (needs wrk)")
+                   help="get: GETs of --get-keys keys written before the measurement")
+    p.add_argument("--get-keys", type=int, default=SIZES["full"].get_keys)
     p.add_argument("--loop", nargs="+", choices=("auto", "uvloop", "asyncio"), default=["auto"],
                    help="event loop of node and ceiling; several: a pair per loop, all "
                    "alternating in each round (an A/B comparison)")
@@ -428,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.load:
         result = asyncio.run(_aiohttp_load(args.load, args.seconds, args.connections,
-                                           args.value_size, args.key_prefix))
+                                           args.value_size, args.key_prefix, args.get_keys))
         print(json.dumps(result))
         return 0
     if args.generator == "wrk" and not shutil.which("wrk"):
@@ -438,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = HttpSizes(seconds=args.seconds, connections=args.connections,
                       value_size=args.value_size, warmup=args.warmup, rounds=args.rounds,
-                      loop=args.loop[0], op=args.op)
+                      loop=args.loop[0], op=args.op, get_keys=args.get_keys)
     r = measure(sizes, args.generator, args.loop)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(r, indent=2) + "\n")
