@@ -10,8 +10,9 @@ from __future__ import annotations
 import ctypes
 import time
 
+_LIBC: ctypes.CDLL | None
 try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+    _LIBC = ctypes.CDLL("libc.so.6")
     _LIBC.malloc_trim  # noqa: B018 (glibc only)
 except (OSError, AttributeError):
     _LIBC = None

@@ -67,7 +67,7 @@ class _Section:
             return default
         return self.data[name]
 
-    def int(self, name: str, default: int = 0, *, required: bool = False, lo: int = 0,
+    def integer(self, name: str, default: int = 0, *, required: bool = False, lo: int = 0,
             hi: int | None = None) -> int:
         v = self._get(name, default, required)
         if isinstance(v, bool) or not isinstance(v, int):
@@ -78,15 +78,15 @@ class _Section:
         return v
 
     def port(self, name: str, default: int = 0, *, required: bool = False) -> int:
-        return self.int(name, default, required=required, lo=1, hi=65535)
+        return self.integer(name, default, required=required, lo=1, hi=65535)
 
-    def bool(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str, default: bool) -> bool:
         v = self._get(name, default, False)
         if not isinstance(v, bool):
             raise ConfigError(f"{self.key(name)}: expected true or false, got {v!r}")
         return v
 
-    def str(self, name: str, default: str = "", *, required: bool = False) -> str:
+    def string(self, name: str, default: str = "", *, required: bool = False) -> str:
         v = self._get(name, default, required)
         if not isinstance(v, str):
             raise ConfigError(f"{self.key(name)}: expected a string, got {v!r}")
@@ -174,15 +174,15 @@ def _parse(data: dict[str, Any], source: str) -> NodeConfig:
 
 def _grpc(g: _Section) -> GrpcConfig:
     grpc = GrpcConfig(
-        port=g.int("port", 0, hi=65535),  # 0: no replication server
-        listen_ip=g.str("listen_ip", "0.0.0.0") or "0.0.0.0",
-        allow_insecure=g.bool("allow_insecure", False),
-        cert_path=g.str("cert_path"),
-        key_path=g.str("key_path"),
-        ca_path=g.str("ca_path"),
-        max_concurrent_streams=g.int("max_concurrent_streams", 64, lo=1),
-        max_streams=g.int("max_streams", 256, lo=1),
-        max_streams_per_peer=g.int("max_streams_per_peer", 16, lo=1),
+        port=g.integer("port", 0, hi=65535),  # 0: no replication server
+        listen_ip=g.string("listen_ip", "0.0.0.0") or "0.0.0.0",
+        allow_insecure=g.boolean("allow_insecure", False),
+        cert_path=g.string("cert_path"),
+        key_path=g.string("key_path"),
+        ca_path=g.string("ca_path"),
+        max_concurrent_streams=g.integer("max_concurrent_streams", 64, lo=1),
+        max_streams=g.integer("max_streams", 256, lo=1),
+        max_streams_per_peer=g.integer("max_streams_per_peer", 16, lo=1),
         keepalive_time=g.duration("keepalive_time", 30.0),
         keepalive_timeout=g.duration("keepalive_timeout", 10.0),
     )
@@ -199,16 +199,16 @@ def _grpc(g: _Section) -> GrpcConfig:
 
 def _http(h: _Section) -> HttpConfig:
     http = HttpConfig(
-        listen_ip=h.str("listen_ip", DEFAULT_HTTP_LISTEN_IP) or DEFAULT_HTTP_LISTEN_IP,
+        listen_ip=h.string("listen_ip", DEFAULT_HTTP_LISTEN_IP) or DEFAULT_HTTP_LISTEN_IP,
         max_body_size=h.size("max_body_size", DEFAULT_MAX_BODY_BYTES),
         max_key_size=h.size("max_key_size", DEFAULT_MAX_KEY_BYTES),
         read_header_timeout=h.duration("read_header_timeout", 10.0),
         read_timeout=h.duration("read_timeout", 30.0),
         idle_timeout=h.duration("idle_timeout", 60.0),
-        max_connections=h.int("max_connections", 1024, lo=1),
-        max_watch_streams=h.int("max_watch_streams", 256),
-        read_token_file=h.str("read_token_file"),
-        write_token_file=h.str("write_token_file"),
+        max_connections=h.integer("max_connections", 1024, lo=1),
+        max_watch_streams=h.integer("max_watch_streams", 256),
+        read_token_file=h.string("read_token_file"),
+        write_token_file=h.string("write_token_file"),
     )
     for k in ("max_key_size", "read_header_timeout", "read_timeout", "idle_timeout"):
         if not getattr(http, k):
@@ -220,21 +220,21 @@ def _http(h: _Section) -> HttpConfig:
 def _storage(s: _Section) -> StorageConfig:
     w = s.table("wal_cleanup_config")
     storage = StorageConfig(
-        base_dir=s.str("base_dir", required=True),
+        base_dir=s.string("base_dir", required=True),
         namespaces=s.namespaces("namespaces", required=True),
         bytes_per_sync=s.size("bytes_per_sync", 1024 * 1024),
         segment_size=s.size("segment_size", 16 * 1024 * 1024),
         arena_size=s.size("arena_size", 4 * 1024 * 1024),
-        max_pending_writes=s.int("max_pending_writes", 10000, lo=1),
+        max_pending_writes=s.integer("max_pending_writes", 10000, lo=1),
         sync_timeout=s.duration("sync_timeout", 10.0),
         crdt_merge_namespaces=s.namespaces("crdt_merge_namespaces"),
         wal_cleanup=WalCleanupConfig(
-            enabled=w.bool("enabled", False),
+            enabled=w.boolean("enabled", False),
             interval=w.duration("interval", 300.0),
             max_age=w.duration("max_age", 0.0),
-            max_records=w.int("max_records", 0),
-            min_segments=w.int("min_segments", 0),
-            max_segments=w.int("max_segments", 0),
+            max_records=w.integer("max_records", 0),
+            min_segments=w.integer("min_segments", 0),
+            max_segments=w.integer("max_segments", 0),
         ),
     )
     if not storage.namespaces:
@@ -261,7 +261,7 @@ def _storage(s: _Section) -> StorageConfig:
 
 def _write_notify(n: _Section) -> WriteNotifyConfig:
     notify = WriteNotifyConfig(
-        enabled=n.bool("enabled", True), max_delay=n.duration("max_delay", 0.0)
+        enabled=n.boolean("enabled", True), max_delay=n.duration("max_delay", 0.0)
     )
     n.warn_unknown()
     return notify
@@ -276,12 +276,12 @@ def _upstreams(r: _Section, served: set[str]) -> list[UpstreamConfig]:
         up = UpstreamConfig(
             name=name,
             namespaces=e.namespaces("namespaces", required=True),
-            upstream_address=e.str("upstream_address", required=True),
-            segment_lag_threshold=e.int("segment_lag_threshold", 100),
-            allow_insecure=e.bool("allow_insecure", False),
-            cert_path=e.str("cert_path"),
-            key_path=e.str("key_path"),
-            ca_path=e.str("ca_path"),
+            upstream_address=e.string("upstream_address", required=True),
+            segment_lag_threshold=e.integer("segment_lag_threshold", 100),
+            allow_insecure=e.boolean("allow_insecure", False),
+            cert_path=e.string("cert_path"),
+            key_path=e.string("key_path"),
+            ca_path=e.string("ca_path"),
         )
         e.seen.add("grpc_service_config")
         if not re.match(r"^[^\s:]+:\d{1,5}$", up.upstream_address):
@@ -319,11 +319,11 @@ def _notifiers(z: _Section, served: set[str]) -> list[NotifierConfig]:
         nc = NotifierConfig(
             namespace=ns,
             bind_port=e.port("bind_port", required=True),
-            high_water_mark=e.int("high_water_mark", 1000),
-            linger_time=e.int("linger_time", 1000),
+            high_water_mark=e.integer("high_water_mark", 1000),
+            linger_time=e.integer("linger_time", 1000),
             max_msg_size=e.size("max_msg_size", 64 * 1024),
-            curve_secret_key_file=e.str("curve_secret_key_file"),
-            curve_authorized_keys_dir=e.str("curve_authorized_keys_dir"),
+            curve_secret_key_file=e.string("curve_secret_key_file"),
+            curve_authorized_keys_dir=e.string("curve_authorized_keys_dir"),
         )
         if nc.curve_authorized_keys_dir and not nc.curve_secret_key_file:
             raise ConfigError(f"{e.key('curve_authorized_keys_dir')}: needs "
@@ -342,12 +342,12 @@ def _notifiers(z: _Section, served: set[str]) -> list[NotifierConfig]:
 
 
 def _log(lg: _Section) -> LogConfig:
-    level = lg.str("log_level", "info").lower()
+    level = lg.string("log_level", "info").lower()
     if level not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError(f"log_config.log_level: expected debug, info, warn or error, got {level!r}")
-    fmt = lg.str("log_format", "text").lower()
+    fmt = lg.string("log_format", "text").lower()
     if fmt not in LOG_FORMATS:
         raise ConfigError(f"log_config.log_format: expected text or json, got {fmt!r}")
-    quiet_time = lg.bool("disable_timestamp", False)
+    quiet_time = lg.boolean("disable_timestamp", False)
     lg.warn_unknown(ignore=("min_level_percents",))
     return LogConfig(log_level=level, log_format=fmt, disable_timestamp=quiet_time)
