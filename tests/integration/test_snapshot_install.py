@@ -81,7 +81,9 @@ async def test_install_is_invisible_until_it_switches_and_a_bad_chunk_aborts_it(
             assert replica.get(b"snap001") is None and replica.get(b"old000010") == b"v10"
 
             upstream.go.set()  # the second chunk, with a wrong CRC
-            await until(lambda: f.status()["snapshots_refused"] >= 1, what="chunk refused")
+            # the refusal is counted a moment before last_error is set: wait for both
+            await until(lambda: f.status()["snapshots_refused"] >= 1 and "CRC32" in f.last_error,
+                        what="chunk refused")
         assert _state(replica) == before  # aborted: nothing of it is visible
         assert f.status()["snapshots_installed"] == 0
         assert "CRC32" in f.last_error and "install aborted" in f.last_error

@@ -6,7 +6,6 @@ errors and --help answer at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
@@ -23,10 +22,20 @@ def main(argv: list[str]) -> int:
     setup_logging(opts.log_level, opts.log_format)
     # aiohttp's access log and zmq's debug chatter are not what a user watches here
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    from unison import eventloop
+
+    try:
+        choice = eventloop.choice_from_env()
+    except ValueError as exc:
+        print(f"unison client: error: {exc}", file=sys.stderr)
+        return 2
     try:
         from unison.client.app import run
 
-        return asyncio.run(run(opts))
+        return eventloop.run(run(opts), choice, program="unison client")
+    except eventloop.LoopUnavailable as exc:
+        print(f"unison client: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 0
 
