@@ -61,7 +61,8 @@ class _Observer:
                 response = await handler(request)
             except Exception as e:
                 response = self._error(request, e)
-            requests.add(request.method, request.match_info.route.resource.canonical,
+            resource = request.match_info.route.resource
+            requests.add(request.method, resource.canonical if resource is not None else "unmatched",
                          response.status, perf_counter() - start)
             return response
 

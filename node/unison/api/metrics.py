@@ -133,7 +133,8 @@ _NOTIFIER_FIELDS = (
 )
 
 
-def _family(kind: str, name: str, help_text: str, labels: list[str]) -> Metric:
+def _family(kind: str, name: str, help_text: str, labels: list[str]
+            ) -> CounterMetricFamily | GaugeMetricFamily:
     if kind == "counter":
         return CounterMetricFamily(name, help_text, labels=labels)
     return GaugeMetricFamily(name, help_text, labels=labels)

@@ -44,9 +44,9 @@ _SSE = "sse"  # Commit.encoded() form: the commit's records as events
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _CLOSING = web.AppKey("unison_watch_closing", asyncio.Event)
-_CURSORS = web.AppKey("unison_watch_cursors", set)
-_HEARTBEAT = web.AppKey("unison_watch_heartbeat", float)  # or None: no heartbeats
-_STATS = web.AppKey("unison_watch_stats", dict)
+_CURSORS: web.AppKey[set[LogCursor]] = web.AppKey("unison_watch_cursors")
+_HEARTBEAT: web.AppKey[float | None] = web.AppKey("unison_watch_heartbeat")  # None: no heartbeats
+_STATS: web.AppKey[dict[str, int]] = web.AppKey("unison_watch_stats")
 
 
 def add_watch_routes(app: web.Application, ctx: NodeContext, *,
@@ -62,7 +62,8 @@ def add_watch_routes(app: web.Application, ctx: NodeContext, *,
     async def on_shutdown(app: web.Application) -> None:
         # Streams never finish on their own: tell them to end so shutdown does not wait.
         app[_CLOSING].set()
-        for cursor in list(app[_CURSORS]):
+        cursors = app[_CURSORS]
+        for cursor in list(cursors):
             cursor.close()
 
     app.on_shutdown.append(on_shutdown)
@@ -75,7 +76,8 @@ def add_watch_routes(app: web.Application, ctx: NodeContext, *,
 
 def watch_metrics(app: web.Application) -> dict[str, int]:
     """Gauge `watch_streams` (open streams) and counter `watch_events_sent`, for /metrics."""
-    return dict(app.get(_STATS, {}))
+    stats = app.get(_STATS)
+    return dict(stats) if stats is not None else {}
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:

@@ -192,7 +192,7 @@ class NamespaceSync:
             timeout = 1.0
             if self.resync_interval > 0:
                 timeout = max(0.0, min(timeout, next_check - loop.time()))
-            if await self.sock.poll(int(timeout * 1000), zmq.POLLIN):
+            if await self.sock.poll(int(timeout * 1000)):  # POLLIN
                 frames = await self.sock.recv_multipart()
                 try:
                     await self.on_message(frames)
@@ -311,7 +311,7 @@ class NamespaceSync:
         them (printing the whole state per message would be quadratic in a burst)."""
         if not self._state_changed:
             return
-        if await self.sock.poll(0, zmq.POLLIN):
+        if await self.sock.poll(0):  # POLLIN
             return
         self._state_changed = False
         for name, held in (

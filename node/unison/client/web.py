@@ -69,8 +69,9 @@ class LiveView:
         return self.syncs[0].api.base if self.syncs else None
 
     def view(self) -> dict[str, Any]:
-        held = {"lww": self.state.lww, "counters": self.state.counters,
-                "pncounters": self.state.pncounters}
+        held: dict[str, dict[str, Any]] = {"lww": self.state.lww,
+                                           "counters": self.state.counters,
+                                           "pncounters": self.state.pncounters}
         state = {kind: {k: crdts[k].to_json() for k in sorted(crdts)[:MAX_KEYS]}
                  for kind, crdts in held.items()}
         state["lww"] = {k: _register(reg) for k, reg in state["lww"].items()}

@@ -22,6 +22,7 @@ import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -128,7 +129,7 @@ def load_client_keys(server_key_file: str, cert_file: str, server_field: str,
     return ClientKeys(server_public, public, sec)
 
 
-def secure_client(sock: zmq.Socket[bytes], keys: ClientKeys) -> None:
+def secure_client(sock: zmq.Socket[Any], keys: ClientKeys) -> None:
     """Before connect: speak CURVE to the notifier whose public key this is."""
     sock.setsockopt(zmq.CURVE_SERVERKEY, keys.server_public)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
@@ -163,7 +164,7 @@ class _Reader:
 
     def __init__(self, sock: zmq.Socket[bytes], loop: asyncio.AbstractEventLoop) -> None:
         self.sock, self.loop = sock, loop
-        self.fd = sock.getsockopt(zmq.FD)
+        self.fd = sock.fileno()  # ZMQ_FD
         loop.add_reader(self.fd, self._drain)
 
     def _drain(self) -> None:
@@ -261,13 +262,13 @@ class ClientHandshakeWatch(_Reader):
     """Says why a CURVE subscriber receives nothing: libzmq does not retry a refused
     handshake and reports it nowhere else."""
 
-    def __init__(self, sub: zmq.Socket[bytes], namespace: str, address: str) -> None:
+    def __init__(self, sub: zmq.Socket[Any], namespace: str, address: str) -> None:
         self.sub = sub
         self.refusals = Refusals(namespace, f"no ZeroMQ notifications from {address}")
         endpoint = f"inproc://unison.curve-watch.{id(self)}"
         sub.monitor(endpoint, _HANDSHAKE_EVENTS)
         # A plain socket in the subscriber's own context (asyncio sockets return futures).
-        mon = zmq.Context.shadow(sub.context.underlying).socket(zmq.PAIR)
+        mon: zmq.Socket[bytes] = zmq.Context.shadow(sub.context.underlying).socket(zmq.PAIR)
         mon.connect(endpoint)
         super().__init__(mon, asyncio.get_running_loop())
         self._drain()

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import zmq
 
@@ -158,10 +159,10 @@ class Notifier:
     def _listen(self, sock: zmq.Socket[bytes]) -> None:
         assert self._loop is not None
         self._sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = fd = sock.fileno()  # ZMQ_FD
         if self._curve is not None:
             self._curve.watch(sock, self._loop)
-        self._loop.add_reader(self._fd, self._subscriptions)
+        self._loop.add_reader(fd, self._subscriptions)
         self._subscriptions()  # ZMQ_FD is edge-triggered: drain what is there already
 
     async def start(self) -> None:
@@ -176,7 +177,7 @@ class Notifier:
             raise StartupError(
                 f"notifier_config.{self.namespace}: cannot bind the ZeroMQ publisher for "
                 f"namespace {self.namespace} on port {self.config.bind_port}: "
-                f"{zmq.strerror(e.errno)}"
+                f"{e.strerror}"
             ) from e
         self._ctx = ctx
         self._listen(sock)
@@ -372,7 +373,7 @@ class Notifier:
                 self.sent += 1
             self.last_seq_num = r.lsn
         # A send may consume the edge of ZMQ_FD: pick up subscriptions that came meanwhile.
-        if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             self._subscriptions()
 
     def _count_drop(self, error: zmq.ZMQError) -> None:

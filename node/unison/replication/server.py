@@ -133,6 +133,7 @@ class _Servicer(pb_grpc.ReplicationServicer):
             served = ", ".join(sorted(self.stores)) or "none"
             await context.abort(grpc.StatusCode.NOT_FOUND,
                                 f"namespace not found: {namespace!r} (this node serves: {served})")
+            raise AssertionError("abort() raises")  # for the type checker
         if store.closed:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 f"namespace {namespace}: storage is closed (node shutting down)")
