@@ -66,6 +66,9 @@ class Outcome:
     series: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # series name -> (bucket width s, measured span s) for series of per-window figures:
+    # a window that ends after the span holds only stragglers and is not plotted
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +82,8 @@ class Outcome:
                     for k, v in data.get("series", {}).items()},
             params=dict(data.get("params", {})),
             notes=list(data.get("notes", [])),
+            windows={k: (float(w), float(span))
+                     for k, (w, span) in data.get("windows", {}).items()},
         )
 
 
@@ -124,6 +129,8 @@ class Metric:
     ceiling: str | None = None  # key of the ceiling metric measured in the same run
     ceiling_label: str = ""
     target: Target | None = None
+    # Plots the target is drawn on: prefixes of the benchmark's sample or series names.
+    drawn_on: tuple[str, ...] = ()
 
     @property
     def bench(self) -> str:
@@ -155,18 +162,19 @@ METRICS: tuple[Metric, ...] = (
     Metric("storage.engine_group_size", "Engine mean records per synced batch", "records"),
     Metric("replication.lag_p50_ms", "Replication lag p50 at 2,000 writes/s", "ms"),
     Metric("replication.lag_p99_ms", "Replication lag p99 at 2,000 writes/s", "ms",
-           target=Target("<=", 10.0)),
+           target=Target("<=", 10.0),
+           drawn_on=("PUT ack on dc1 -> record streamed", "replication lag p99")),
     Metric("replication.lag_cpu_relayer_us_per_record",
            "CPU per replicated record on the relayer at 2,000 writes/s", "µs",
            target=Target("<=", 30.0)),
     Metric("replication.catchup_per_s", "Catch-up replay, 100,000 records", "records/s",
-           target=Target(">=", 50_000.0)),
+           target=Target(">=", 50_000.0), drawn_on=("catch-up: relayer lsn",)),
     Metric("replication.fanout_lag_p99_ms", "Fan-out lag p99, 20 relayers at 200 writes/s",
            "ms"),
     Metric("notify.latency_p50_ms", "Notification latency p50 at 1,000 writes/s", "ms",
-           "notify.bare_p50_ms", BARE_ZMQ, Target("<=", 2.0)),
+           "notify.bare_p50_ms", BARE_ZMQ, Target("<=", 2.0), drawn_on=("PUT ack -> relayer",)),
     Metric("notify.latency_p99_ms", "Notification latency p99 at 1,000 writes/s", "ms",
-           "notify.bare_p99_ms", BARE_ZMQ, Target("<=", 10.0)),
+           "notify.bare_p99_ms", BARE_ZMQ, Target("<=", 10.0), drawn_on=("PUT ack -> relayer",)),
     Metric("rss.rss_mib", "Node RSS after 1,000,000 keys", "MiB"),
     Metric("render.render_p50_ms", "Operator render, 10-datacenter cluster, p50", "ms"),
     Metric("render.render_p99_ms", "Operator render, 10-datacenter cluster, p99", "ms"),
@@ -361,11 +369,8 @@ def _pooled(run: BenchRun) -> tuple[dict[str, list[float]], dict[str, list[list[
         for k, v in o.samples.items():
             samples.setdefault(k, []).extend(v)
         for k, pts in o.series.items():
-            series.setdefault(k, []).append(pts)
+            series.setdefault(k, []).append(complete_windows(pts, o.windows.get(k)))
     return samples, series
-
-
-LOG_FLOOR_MS = 0.01  # where a log axis draws a 0 ms sample (e.g. a notification beat its ack)
 
 
 def slugify(name: str) -> str:
@@ -374,56 +379,210 @@ def slugify(name: str) -> str:
     return "_".join(words) or "series"
 
 
-def write_plots(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
-    """Latency distributions (CDF, log time axis) and values over time, one PNG per kind."""
-    import matplotlib
+# What ran, from Outcome.params, keyed "<bench>" or "<bench>/<prefix of a sample or series name>".
+WORKLOADS: dict[str, str] = {
+    "http": "PUTs from {connections} connections, {value_size:,} B values, "
+            "rounds of {seconds:g} s per side: {rounds}, load generator {generator}",
+    "storage": "{writers} writers, {value_size:,} B values, {seconds:g} s",
+    "replication": "lag: {rate:,g} writes/s for {seconds:g} s, {connections} connections, "
+                   "{value_size:,} B values; fan-out: {fanout_relayers} relayers at "
+                   "{fanout_rate:,g} writes/s for {fanout_seconds:g} s",
+    "replication/catch-up": "a new relayer replays {catchup_records:,} records",
+    "replication/replication lag": "{rate:,g} writes/s for {seconds:g} s, {connections} "
+                                   "connections, {value_size:,} B values",
+    "notify": "{rate:,g} writes/s open loop for {seconds:g} s, {connections} connections, "
+              "{value_size:,} B values",
+    "rss": "{keys:,} keys of {value_size:,} B in batches of {batch:,} over {connections} "
+           "connections",
+    "render": "{datacenters} datacenters, {iterations:,} iterations",
+}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    written: list[Path] = []
+def workload(bench: str, params: dict[str, Any], plot: str = "") -> str:
+    """One line saying what ran; every parameter as name=value when no template fits."""
+    specific = [k for k in WORKLOADS
+                if k.startswith(bench + "/") and plot.startswith(k.split("/", 1)[1])]
+    template = WORKLOADS.get(specific[0] if specific else bench)
+    if template is not None:
+        try:
+            return template.format_map(params)
+        except (KeyError, ValueError, TypeError):
+            pass  # a parameter renamed or missing: still say what ran
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def complete_windows(points: Sequence[tuple[float, float]],
+                     window: tuple[float, float] | None) -> list[tuple[float, float]]:
+    """The points worth drawing: no empty (NaN) windows and, when the series is per window
+    (width, measured span), no window ending after the span. That last window is partial
+    or holds only stragglers, and drawn it looked like a fall to 0."""
+    kept = [(t, y) for t, y in points if not math.isnan(y)]
+    if window is None:
+        return kept
+    width, span = window
+    return [(t, y) for t, y in kept if t + width <= span + 1e-9]
+
+
+def cdf_points(values: Sequence[float], max_points: int = 2000
+               ) -> tuple[list[float], list[float], int]:
+    """(xs, fraction of samples ≤ x, how many samples are ≤ 0) for a CDF on a log axis.
+
+    A log axis has no place for 0, and inventing one would pile the zeros at a fake value,
+    so they are left out of xs but still counted in the fractions: the curve starts at
+    the share that was 0."""
+    data = sorted(values)
+    n = len(data)
+    zeros = sum(1 for v in data if v <= 0)
+    step = max(1, (n - zeros) // max_points)  # ~2,000 points draw a CDF as well as all
+    idx = list(range(zeros, n, step))
+    if idx and idx[-1] != n - 1:
+        idx.append(n - 1)
+    return [data[i] for i in idx], [(i + 1) / n for i in idx], zeros
+
+
+def plain_number(x: float) -> str:
+    """A log axis tick as people write it: 0.1, 1, 3, 10, 1,000 (not 10^-1 or 3x10^0)."""
+    if x >= 1000:
+        return f"{x:,.0f}"
+    if x >= 1:
+        return f"{x:g}"
+    return f"{x:.10f}".rstrip("0").rstrip(".")
+
+
+def targets_on(bench: str, plot: str, catalogue: Sequence[Metric] = METRICS) -> list[Metric]:
+    """The metrics whose (absolute) target is drawn on the named sample set or series."""
+    return [m for m in catalogue
+            if m.bench == bench and m.target is not None and not m.target.on_ratio
+            and any(plot.startswith(p) for p in m.drawn_on)]
+
+
+def _quantile(metric: Metric) -> float | None:
+    """0.99 for a "..._p99_ms" metric, None when the name is no percentile."""
+    for part in metric.name.split("_"):
+        if part.startswith("p") and part[1:].isdigit():
+            return int(part[1:]) / 100
+    return None
+
+
+def _which(metric: Metric) -> str:
+    q = _quantile(metric)
+    return f"p{round(q * 100)} " if q is not None else ""
+
+
+def _log_axis(axis: Any, values: Sequence[float]) -> None:
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = [v for v in values if v > 0]
+    decades = math.log10(max(positive) / min(positive)) if positive else 0.0
+    # enough labelled ticks to read a value off a narrow range, few enough for a wide one
+    if decades <= 1.5:
+        subs: tuple[float, ...] = (1.0, 2.0, 3.0, 5.0)
+    elif decades <= 3:
+        subs = (1.0, 2.0, 5.0)
+    else:
+        subs = (1.0, 3.0)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
+    axis.set_major_formatter(FuncFormatter(lambda x, _pos: plain_number(x)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _figure(title: str, subtitle: str) -> tuple[Any, Any]:
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.2, 5.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    fig.suptitle(title, fontsize=12)
+    ax.set_title(textwrap.fill(subtitle, 115), fontsize=8, color="0.3")
+    return fig, ax
+
+
+def _legend(fig: Any) -> None:
+    # Below the axes, so it never covers a line however the data falls.
+    fig.legend(loc="outside lower center", fontsize=8, frameon=False, ncols=1)
+
+
+def plot_figures(runs: Sequence[BenchRun],
+                 catalogue: Sequence[Metric] = METRICS) -> list[tuple[str, Any]]:
+    """(file name, matplotlib Figure) per plot: each benchmark's latency distributions
+    (CDF on a log time axis) and each of its series over time, with targets drawn."""
+    figures: list[tuple[str, Any]] = []
     for run in runs:
         samples, series = _pooled(run)
+        params = run.outcomes[0].params if run.outcomes else {}
         samples = {k: v for k, v in samples.items() if v}
         if samples:
-            fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+            fig, ax = _figure(f"{run.name}: latency distribution",
+                              workload(run.name, params))
+            drawn: list[float] = []
             for name, vals in sorted(samples.items()):
-                data = sorted(max(v, LOG_FLOOR_MS) for v in vals)
-                n = len(data)
-                step = max(1, n // 2000)  # a CDF needs no more than ~2,000 points to look right
-                xs = data[::step] + [data[-1]]
-                ys = [i / n for i in range(0, n, step)] + [1.0]
-                p50, p99 = percentile(data, 50), percentile(data, 99)
-                ax.plot(xs, ys, label=f"{name} (p50 {fmt_number(p50)}, p99 {fmt_number(p99)} ms)")
+                xs, ys, zeros = cdf_points(vals)
+                label = (f"{name}: p50 {fmt_number(percentile(vals, 50))}, "
+                         f"p99 {fmt_number(percentile(vals, 99))} ms")
+                if zeros:
+                    label += f"; {zeros / len(vals):.0%} at 0 ms, left of the log axis"
+                (line,) = ax.plot(xs, ys, label=label)
+                drawn += xs
+                for m in targets_on(run.name, name, catalogue):
+                    assert m.target is not None
+                    q = _quantile(m)
+                    which = _which(m)
+                    ax.axvline(m.target.value, color=line.get_color(), ls="--", lw=1,
+                               gid="target",
+                               label=f"target: {which}{m.target.describe(m.unit)}")
+                    if q is not None:  # the curve must pass left of this point
+                        ax.plot([m.target.value], [q], marker="x", ms=7, ls="",
+                                color=line.get_color())
+                    drawn.append(m.target.value)
             ax.set_xscale("log")
-            ax.set_xlabel(f"latency (ms, log scale; 0 is drawn at {LOG_FLOOR_MS})")
+            _log_axis(ax.xaxis, drawn)
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("latency (ms, log scale)")
             ax.set_ylabel("fraction of samples ≤ x")
-            ax.set_title(f"{run.name}: latency distribution")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
-            path = out_dir / f"{run.name}_latency.png"
-            fig.tight_layout()
-            fig.savefig(path)
-            plt.close(fig)
-            written.append(path)
+            _legend(fig)
+            figures.append((f"{run.name}_latency.png", fig))
         for name, reps in sorted(series.items()):
             if not any(reps):
                 continue
-            fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+            fig, ax = _figure(f"{run.name}: {name} over time", workload(run.name, params, name))
             for i, pts in enumerate(reps, start=1):
                 if pts:
                     ax.plot([t for t, _ in pts], [y for _, y in pts], lw=0.8,
                             marker="o" if len(pts) < 100 else None, ms=3,
-                            label=f"repetition {i}")
+                            label=f"repetition {i}" if len(reps) > 1 else name)
+            first = next(pts for pts in reps if pts)
+            top = 0.0
+            for m in targets_on(run.name, name, catalogue):
+                assert m.target is not None
+                label = f"target: {_which(m)}{m.target.describe(m.unit)}"
+                if m.unit.endswith("/s"):
+                    # A rate target on a running count: the pace the count must keep up with.
+                    (t0, y0), t1 = first[0], first[-1][0]
+                    ax.plot([t0, t1], [y0, y0 + m.target.value * (t1 - t0)], color="0.4",
+                            ls="--", lw=1, gid="target", label=f"{label} (pace)")
+                else:
+                    ax.axhline(m.target.value, color="0.4", ls="--", lw=1, gid="target",
+                               label=label)
+                    top = max(top, m.target.value * 1.08)  # off the frame, so it shows
+            if all(y >= 0 for pts in reps for _, y in pts):
+                ax.set_ylim(bottom=0)  # counts, rates and latencies are read from 0
+            if top > ax.get_ylim()[1]:
+                ax.set_ylim(top=top)
             ax.set_xlabel("time since start (s)")
             ax.set_ylabel(name)
-            ax.set_title(f"{run.name}: {name} over time")
             ax.grid(True, alpha=0.3)
-            if len(reps) > 1:
-                ax.legend(fontsize=8)
-            path = out_dir / f"{run.name}_{slugify(name)}.png"
-            fig.tight_layout()
-            fig.savefig(path)
-            plt.close(fig)
-            written.append(path)
+            _legend(fig)
+            figures.append((f"{run.name}_{slugify(name)}.png", fig))
+    return figures
+
+
+def write_plots(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
+    """Every plot of plot_figures() as a PNG in out_dir."""
+    written: list[Path] = []
+    for file_name, fig in plot_figures(runs):
+        path = out_dir / file_name
+        fig.savefig(path)
+        written.append(path)
     return written
