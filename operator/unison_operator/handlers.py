@@ -499,16 +499,19 @@ def _secret_data(live: Mapping[str, Any] | None, cluster: str) -> dict[str, byte
     return out
 
 
-async def tls_material(api: KubeClient, spec: ClusterSpec, name: str,
-                       namespace: str) -> dict[str, bytes] | None:
+async def tls_material(api: KubeClient, spec: ClusterSpec, name: str, namespace: str,
+                       issue: bool = True) -> dict[str, bytes] | None:
     """The TLS Secret's data for this spec: the live one where still good (same bytes, so
-    nothing restarts), new keys only where needed; None with spec.tls.enabled false."""
+    nothing restarts), new keys only where needed; None with spec.tls.enabled false.
+    `issue=False` (a repair of one child) takes the stored data as it is: only the
+    reconcile makes keys, so repairs racing it never render certificates it discards."""
     parts = tls_parts(spec, name, namespace)
     if not parts:
         return None
-    live = await api.get("Secret", namespace, Names(name).tls_secret)
-    now = datetime.datetime.now(datetime.UTC)
-    return pki.ensure(_secret_data(live, name), name, parts, now)
+    stored = _secret_data(await api.get("Secret", namespace, Names(name).tls_secret), name)
+    if not issue:
+        return stored
+    return pki.ensure(stored, name, parts, datetime.datetime.now(datetime.UTC))
 
 
 async def reconcile(api: KubeClient, cfg: OperatorConfig, body: Any, name: str, namespace: str,
@@ -579,7 +582,9 @@ async def repair_child(api: KubeClient, cfg: OperatorConfig, namespace: str, clu
         return None  # status says Invalid; nothing to render
     uid = cluster.get("metadata", {}).get("uid")
     ports = port_allocation(spec, cluster_name, namespace, previous_ports(cluster))
-    tls = await tls_material(api, spec, cluster_name, namespace)
+    # Only a StatefulSet's rendering depends on the keys (its pods' TLS hash).
+    tls = (await tls_material(api, spec, cluster_name, namespace, issue=False)
+           if kind == "StatefulSet" else None)
     desired = next((o for o in render(spec, cluster_name, namespace, uid, ports=ports, tls=tls)
                     if o["kind"] == kind and o["metadata"]["name"] == name), None)
     if desired is None:
