@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,16 +16,26 @@ from bench.report import (
     Outcome,
     Target,
     build_rows,
+    cdf_points,
+    complete_windows,
     fmt_number,
     fmt_ratio,
     latency_summary,
     percentile,
+    plain_number,
+    plot_figures,
     ratio,
     render_markdown,
     report_json,
     slugify,
+    workload,
     write_plots,
 )
+
+if TYPE_CHECKING:  # the plot tests import matplotlib when they run, the others need none
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
 META = {"date": "2026-11-25 10:00 UTC", "cores": 2, "cpu": "Test CPU", "platform": "Linux",
         "python": "3.11.7", "profile": "full", "repeat": 3, "seconds": 12.5,
@@ -179,7 +190,7 @@ def test_json_report_round_trips_and_names_every_metric() -> None:
 
 def test_outcome_survives_json() -> None:
     o = Outcome(metrics={"a": 1.0}, samples={"s": [1.0, 2.0]}, series={"lag": [(0.0, 1.5)]},
-                params={"n": 3}, notes=["note"])
+                params={"n": 3}, notes=["note"], windows={"lag": (0.25, 10.0)})
     assert Outcome.from_json(json.loads(json.dumps(o.to_json()))) == o
 
 
@@ -198,3 +209,120 @@ def test_plots_are_written_for_samples_and_series(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["replication_latency.png", "replication_lag.png"]
     for p in paths:
         assert p.read_bytes().startswith(b"\x89PNG")
+
+
+# ---------------------------------------------------------------- what a reader sees in the plots
+
+PLOT_CATALOGUE = (
+    Metric("notify.latency_p99_ms", "Notification p99", "ms", target=Target("<=", 10.0),
+           drawn_on=("PUT ack",)),
+    Metric("replication.lag_p99_ms", "Lag p99", "ms", target=Target("<=", 10.0),
+           drawn_on=("lag p99",)),
+    Metric("replication.catchup_per_s", "Catch-up", "records/s",
+           target=Target(">=", 50_000.0), drawn_on=("catch-up",)),
+)
+
+
+def figures(*runs: BenchRun) -> dict[str, Figure]:
+    return dict(plot_figures(runs, PLOT_CATALOGUE))
+
+
+def target_lines(ax: Axes) -> list[Line2D]:
+    return [line for line in ax.get_lines() if line.get_gid() == "target"]
+
+
+def test_a_latency_target_is_a_vertical_line_at_its_value_and_in_the_legend() -> None:
+    run = BenchRun("notify", [Outcome(samples={"PUT ack -> SUB": [1.0, 2.0, 4.0],
+                                               "bare PUB -> SUB": [0.5, 0.6]})])
+    fig = figures(run)["notify_latency.png"]
+    (ax,) = fig.axes
+    (line,) = target_lines(ax)
+    assert list(line.get_xdata()) == [10.0, 10.0]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "target: p99 ≤ 10 ms" in legend
+
+
+def test_no_target_line_where_the_metric_has_none() -> None:
+    run = BenchRun("http", [Outcome(samples={"node PUT": [1.0, 2.0]})])
+    (ax,) = figures(run)["http_latency.png"].axes
+    assert target_lines(ax) == []
+
+
+def test_a_lag_target_is_a_horizontal_line_over_time_and_inside_the_frame() -> None:
+    run = BenchRun("replication", [Outcome(series={"lag p99 per 0.25 s": [(0.0, 2.0), (0.25, 3.0)]})])
+    (ax,) = figures(run)["replication_lag_p99_per_0_25_s.png"].axes
+    (line,) = target_lines(ax)
+    assert list(line.get_ydata()) == [10.0, 10.0]
+    assert ax.get_ylim()[1] > 10.0
+
+
+def test_a_rate_target_on_a_running_count_is_drawn_as_the_pace_to_keep() -> None:
+    run = BenchRun("replication", [Outcome(
+        series={"catch-up: relayer lsn": [(1.0, 40_000.0), (1.5, 70_000.0), (2.0, 100_000.0)]})])
+    (ax,) = figures(run)["replication_catch_up_relayer_lsn.png"].axes
+    (line,) = target_lines(ax)
+    assert list(line.get_xdata()) == [1.0, 2.0]
+    assert list(line.get_ydata()) == [40_000.0, 90_000.0]  # 50,000 records/s from the start
+
+
+def test_count_and_rate_axes_start_at_zero() -> None:
+    run = BenchRun("rss", [Outcome(series={"resident memory (MiB)": [(0.0, 65.0), (1.0, 67.0)]})])
+    (ax,) = figures(run)["rss_resident_memory.png"].axes
+    assert ax.get_ylim()[0] == 0.0
+    assert ax.get_ylim()[1] >= 67.0
+
+
+def test_zero_latencies_are_not_drawn_at_an_invented_floor_but_counted() -> None:
+    vals = [0.0] * 25 + [1.0] * 50 + [3.0] * 25
+    xs, ys, zeros = cdf_points(vals)
+    assert zeros == 25
+    assert min(xs) == 1.0
+    assert ys[0] == pytest.approx(0.26)  # above the 25% that were 0: still counted
+    assert ys[-1] == 1.0
+    run = BenchRun("replication", [Outcome(samples={"fan-out": vals})])
+    fig = figures(run)["replication_latency.png"]
+    (ax,) = fig.axes
+    drawn = [x for line in ax.get_lines() for x in line.get_xdata()]
+    assert drawn and min(drawn) >= 1.0  # nothing at 0.01 or any other stand-in for 0
+    (label,) = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "25% at 0 ms" in label
+
+
+def test_log_axis_ticks_are_plain_numbers() -> None:
+    assert [plain_number(x) for x in (0.1, 0.30000000000000004, 1.0, 3.0, 10.0, 2000.0)] == [
+        "0.1", "0.3", "1", "3", "10", "2,000"]
+    run = BenchRun("storage", [Outcome(samples={"engine put": [0.2, 0.9, 3.0, 12.0]})])
+    fig = figures(run)["storage_latency.png"]
+    fig.draw_without_rendering()
+    (ax,) = fig.axes
+    labels = {t.get_text() for t in ax.get_xticklabels() if t.get_text()}
+    assert {"1", "10"} <= labels
+    assert not any("$" in t or "^" in t or "×" in t for t in labels)
+
+
+def test_the_legend_is_outside_the_axes_and_the_title_says_what_ran() -> None:
+    run = BenchRun("notify", [Outcome(samples={"PUT ack -> SUB": [1.0, 2.0]}, params={
+        "rate": 1000.0, "seconds": 10.0, "connections": 64, "value_size": 100})])
+    fig = figures(run)["notify_latency.png"]
+    (ax,) = fig.axes
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    assert ax.get_title() == "1,000 writes/s open loop for 10 s, 64 connections, 100 B values"
+
+
+def test_workload_falls_back_to_every_parameter() -> None:
+    assert workload("render", {"iterations": 500, "datacenters": 10}) == \
+        "10 datacenters, 500 iterations"
+    assert workload("render", {"n": 3}) == "n=3"
+    assert workload("replication", {"catchup_records": 100_000}, "catch-up: relayer lsn") == \
+        "a new relayer replays 100,000 records"
+
+
+def test_the_last_window_after_the_measured_span_and_empty_ones_are_not_drawn() -> None:
+    pts = [(0.0, 2.0), (0.25, math.nan), (0.5, 3.0), (0.75, 2.5), (1.0, 0.0)]
+    assert complete_windows(pts, (0.25, 1.0)) == [(0.0, 2.0), (0.5, 3.0), (0.75, 2.5)]
+    assert complete_windows(pts, None) == [(0.0, 2.0), (0.5, 3.0), (0.75, 2.5), (1.0, 0.0)]
+    run = BenchRun("replication", [Outcome(series={"lag p99 per 0.25 s": pts},
+                                           windows={"lag p99 per 0.25 s": (0.25, 1.0)})])
+    (ax,) = figures(run)["replication_lag_p99_per_0_25_s.png"].axes
+    (data,) = [line for line in ax.get_lines() if line.get_gid() != "target"]
+    assert list(data.get_ydata()) == [2.0, 3.0, 2.5]  # no fall to 0 at the end
