@@ -369,7 +369,11 @@ def _pooled(run: BenchRun) -> tuple[dict[str, list[float]], dict[str, list[list[
         for k, v in o.samples.items():
             samples.setdefault(k, []).extend(v)
         for k, pts in o.series.items():
-            series.setdefault(k, []).append(complete_windows(pts, o.windows.get(k)))
+            window = o.windows.get(k)
+            kept = complete_windows(pts, window)
+            if window is not None:  # a window's figure belongs to its middle, not its start
+                kept = [(t + window[0] / 2, y) for t, y in kept]
+            series.setdefault(k, []).append(kept)
     return samples, series
 
 
@@ -570,6 +574,9 @@ def plot_figures(runs: Sequence[BenchRun],
                 ax.set_ylim(bottom=0)  # counts, rates and latencies are read from 0
             if top > ax.get_ylim()[1]:
                 ax.set_ylim(top=top)
+            spans = [o.windows[name][1] for o in run.outcomes if name in o.windows]
+            if spans:  # the whole measured phase, even where few windows were complete
+                ax.set_xlim(0, max(spans))
             ax.set_xlabel("time since start (s)")
             ax.set_ylabel(name)
             ax.grid(True, alpha=0.3)
