@@ -51,6 +51,11 @@ NAMESPACED_CALLS = {
       for v in ("list", "watch")},
     # a StatefulSet whose volumeClaimTemplates change is deleted (orphan) and recreated
     ("apps", "statefulsets", "delete"),
+    # the cluster's TLS Secret (handlers.tls_material: read, then applied like any child;
+    # not watched, so no list/watch on Secrets)
+    ("", "secrets", "get"),
+    ("", "secrets", "create"),
+    ("", "secrets", "patch"),
     # growing data volumes
     ("", "persistentvolumeclaims", "get"),
     ("", "persistentvolumeclaims", "patch"),
@@ -89,7 +94,7 @@ def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 
 SCOPES = {
-    "all-namespaces": {},
+    "all-namespaces": {"watch": {"allNamespaces": True}},
     "one-namespace": {"watch": {"allNamespaces": False, "namespace": "campaigns"}},
 }
 
@@ -142,8 +147,18 @@ def test_values_schema_rejects_mistakes_naming_the_key() -> None:
 # ---------------------------------------------------------------- RBAC = the operator's calls
 
 
-def test_cluster_wide_rbac_is_exactly_the_operators_calls() -> None:
+def test_default_rbac_is_namespace_scoped() -> None:
+    """Cluster-wide writes only when asked for (watch.allNamespaces: true)."""
     objs = objects()
+    assert grants([r for cr in of_kind(objs, "ClusterRole") for r in cr["rules"]]) == (
+        CLUSTER_CALLS | NAMESPACE_WATCH_CALLS)
+    (role,) = of_kind(objs, "Role")
+    assert role["metadata"]["namespace"] == RELEASE_NS
+    assert grants(role["rules"]) == NAMESPACED_CALLS
+
+
+def test_cluster_wide_rbac_is_exactly_the_operators_calls() -> None:
+    objs = objects(SCOPES["all-namespaces"])
     assert of_kind(objs, "Role") == [] and of_kind(objs, "RoleBinding") == []
     granted = grants([r for cr in of_kind(objs, "ClusterRole") for r in cr["rules"]])
     assert granted == NAMESPACED_CALLS | CLUSTER_CALLS, (
@@ -226,7 +241,8 @@ def test_image_and_tag_come_from_values() -> None:
 
 
 def test_notes_port_forwards_match_the_services_of_the_example() -> None:
-    notes = next(v for k, v in render_chart().items() if k.endswith("NOTES.txt"))
+    notes = next(v for k, v in render_chart(SCOPES["all-namespaces"]).items()
+                 if k.endswith("NOTES.txt"))
     assert "kubectl -n default apply -f examples/ad-campaign.yaml" in notes
     forwards = re.findall(r"port-forward svc/(\S+)((?: \d+:\d+)+)", notes)
     example = parse_cluster(yaml.safe_load((ROOT / "examples" / "ad-campaign.yaml").read_text()))

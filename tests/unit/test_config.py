@@ -273,10 +273,11 @@ def test_plaintext_grpc_is_opt_in() -> None:
                                                       "allow_insecure": True}}), "x.toml")
     assert asked.grpc.allow_insecure and asked.upstreams[0].allow_insecure
     tls = parse_config(with_(MINIMAL, grpc_config={"port": 4001, "cert_path": "/c",
-                                                   "key_path": "/k"},
+                                                   "key_path": "/k", "ca_path": "/ca"},
                              relayer_config={"r1": {"namespaces": ["ns1"],
                                                     "upstream_address": "a:1",
-                                                    "ca_path": "/ca"}}), "x.toml")
+                                                    "ca_path": "/ca", "cert_path": "/c",
+                                                    "key_path": "/k"}}), "x.toml")
     assert not tls.grpc.allow_insecure and not tls.upstreams[0].allow_insecure
     # No replication server (no grpc_config or port 0): nothing to secure, nothing required.
     assert not parse_config(MINIMAL, "x.toml").grpc.allow_insecure

@@ -232,12 +232,16 @@ def test_configmap_toml_is_what_unison_up_writes_apart_from_paths_and_addresses(
     assert [n.name for n in local_cluster.nodes] == ["dc1", "dc2", "relayer"]
 
     def same_places(cfg: NodeConfig) -> NodeConfig:
-        """What legitimately differs: data paths, listen addresses, upstream hosts."""
+        """What legitimately differs: data paths, listen addresses, upstream hosts, and
+        TLS (Kubernetes: mutual TLS with the operator's certificates; loopback: plaintext)."""
         cfg = copy.deepcopy(cfg)
         cfg.source = ""
         cfg.storage.base_dir = "/data"
         cfg.http.listen_ip = cfg.grpc.listen_ip = "any"
-        cfg.upstreams = [dataclasses.replace(u, upstream_address=u.upstream_address.rsplit(":")[-1])
+        plain = {"allow_insecure": True, "cert_path": "", "key_path": "", "ca_path": ""}
+        cfg.grpc = dataclasses.replace(cfg.grpc, **plain)
+        cfg.upstreams = [dataclasses.replace(u, upstream_address=u.upstream_address.rsplit(":")[-1],
+                                             **plain)
                         for u in cfg.upstreams]
         return cfg
 
