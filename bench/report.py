@@ -517,72 +517,79 @@ def plot_figures(runs: Sequence[BenchRun],
         params = run.outcomes[0].params if run.outcomes else {}
         samples = {k: v for k, v in samples.items() if v}
         if samples:
-            fig, ax = _figure(f"{run.name}: latency distribution",
-                              workload(run.name, params))
-            drawn: list[float] = []
-            for name, vals in sorted(samples.items()):
-                xs, ys, zeros = cdf_points(vals)
-                label = (f"{name}: p50 {fmt_number(percentile(vals, 50))}, "
-                         f"p99 {fmt_number(percentile(vals, 99))} ms")
-                if zeros:
-                    label += f"; {zeros / len(vals):.0%} at 0 ms, left of the log axis"
-                (line,) = ax.plot(xs, ys, label=label)
-                drawn += xs
-                for m in targets_on(run.name, name, catalogue):
-                    assert m.target is not None
-                    q = _quantile(m)
-                    which = _which(m)
-                    ax.axvline(m.target.value, color=line.get_color(), ls="--", lw=1,
-                               gid="target",
-                               label=f"target: {which}{m.target.describe(m.unit)}")
-                    if q is not None:  # the curve must pass left of this point
-                        ax.plot([m.target.value], [q], marker="x", ms=7, ls="",
-                                color=line.get_color())
-                    drawn.append(m.target.value)
-            ax.set_xscale("log")
-            _log_axis(ax.xaxis, drawn)
-            ax.set_ylim(0, 1.02)
-            ax.set_xlabel("latency (ms, log scale)")
-            ax.set_ylabel("fraction of samples ≤ x")
-            ax.grid(True, which="both", alpha=0.3)
-            _legend(fig)
-            figures.append((f"{run.name}_latency.png", fig))
+            figures.append((f"{run.name}_latency.png",
+                            _latency_figure(run, samples, params, catalogue)))
         for name, reps in sorted(series.items()):
-            if not any(reps):
-                continue
-            fig, ax = _figure(f"{run.name}: {name} over time", workload(run.name, params, name))
-            for i, pts in enumerate(reps, start=1):
-                if pts:
-                    ax.plot([t for t, _ in pts], [y for _, y in pts], lw=0.8,
-                            marker="o" if len(pts) < 100 else None, ms=3,
-                            label=f"repetition {i}" if len(reps) > 1 else name)
-            first = next(pts for pts in reps if pts)
-            top = 0.0
-            for m in targets_on(run.name, name, catalogue):
-                assert m.target is not None
-                label = f"target: {_which(m)}{m.target.describe(m.unit)}"
-                if m.unit.endswith("/s"):
-                    # A rate target on a running count: the pace the count must keep up with.
-                    (t0, y0), t1 = first[0], first[-1][0]
-                    ax.plot([t0, t1], [y0, y0 + m.target.value * (t1 - t0)], color="0.4",
-                            ls="--", lw=1, gid="target", label=f"{label} (pace)")
-                else:
-                    ax.axhline(m.target.value, color="0.4", ls="--", lw=1, gid="target",
-                               label=label)
-                    top = max(top, m.target.value * 1.08)  # off the frame, so it shows
-            if all(y >= 0 for pts in reps for _, y in pts):
-                ax.set_ylim(bottom=0)  # counts, rates and latencies are read from 0
-            if top > ax.get_ylim()[1]:
-                ax.set_ylim(top=top)
-            spans = [o.windows[name][1] for o in run.outcomes if name in o.windows]
-            if spans:  # the whole measured phase, even where few windows were complete
-                ax.set_xlim(0, max(spans))
-            ax.set_xlabel("time since start (s)")
-            ax.set_ylabel(name)
-            ax.grid(True, alpha=0.3)
-            _legend(fig)
-            figures.append((f"{run.name}_{slugify(name)}.png", fig))
+            if any(reps):
+                figures.append((f"{run.name}_{slugify(name)}.png",
+                                _series_figure(run, name, reps, params, catalogue)))
     return figures
+
+
+def _latency_figure(run: BenchRun, samples: dict[str, list[float]], params: dict[str, Any],
+                    catalogue: Sequence[Metric]) -> Any:
+    fig, ax = _figure(f"{run.name}: latency distribution", workload(run.name, params))
+    drawn: list[float] = []
+    for name, vals in sorted(samples.items()):
+        xs, ys, zeros = cdf_points(vals)
+        label = (f"{name}: p50 {fmt_number(percentile(vals, 50))}, "
+                 f"p99 {fmt_number(percentile(vals, 99))} ms")
+        if zeros:
+            label += f"; {zeros / len(vals):.0%} at 0 ms, left of the log axis"
+        (line,) = ax.plot(xs, ys, label=label)
+        drawn += xs
+        for m in targets_on(run.name, name, catalogue):
+            assert m.target is not None
+            q = _quantile(m)
+            ax.axvline(m.target.value, color=line.get_color(), ls="--", lw=1, gid="target",
+                       label=f"target: {_which(m)}{m.target.describe(m.unit)}")
+            if q is not None:  # the curve must pass left of this point
+                ax.plot([m.target.value], [q], marker="x", ms=7, ls="",
+                        color=line.get_color())
+            drawn.append(m.target.value)
+    ax.set_xscale("log")
+    _log_axis(ax.xaxis, drawn)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("latency (ms, log scale)")
+    ax.set_ylabel("fraction of samples ≤ x")
+    ax.grid(True, which="both", alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+def _series_figure(run: BenchRun, name: str, reps: list[Any], params: dict[str, Any],
+                   catalogue: Sequence[Metric]) -> Any:
+    fig, ax = _figure(f"{run.name}: {name} over time", workload(run.name, params, name))
+    for i, pts in enumerate(reps, start=1):
+        if pts:
+            ax.plot([t for t, _ in pts], [y for _, y in pts], lw=0.8,
+                    marker="o" if len(pts) < 100 else None, ms=3,
+                    label=f"repetition {i}" if len(reps) > 1 else name)
+    first = next(pts for pts in reps if pts)
+    top = 0.0
+    for m in targets_on(run.name, name, catalogue):
+        assert m.target is not None
+        label = f"target: {_which(m)}{m.target.describe(m.unit)}"
+        if m.unit.endswith("/s"):
+            # A rate target on a running count: the pace the count must keep up with.
+            (t0, y0), t1 = first[0], first[-1][0]
+            ax.plot([t0, t1], [y0, y0 + m.target.value * (t1 - t0)], color="0.4",
+                    ls="--", lw=1, gid="target", label=f"{label} (pace)")
+        else:
+            ax.axhline(m.target.value, color="0.4", ls="--", lw=1, gid="target", label=label)
+            top = max(top, m.target.value * 1.08)  # off the frame, so it shows
+    if all(y >= 0 for pts in reps for _, y in pts):
+        ax.set_ylim(bottom=0)  # counts, rates and latencies are read from 0
+    if top > ax.get_ylim()[1]:
+        ax.set_ylim(top=top)
+    spans = [o.windows[name][1] for o in run.outcomes if name in o.windows]
+    if spans:  # the whole measured phase, even where few windows were complete
+        ax.set_xlim(0, max(spans))
+    ax.set_xlabel("time since start (s)")
+    ax.set_ylabel(name)
+    ax.grid(True, alpha=0.3)
+    _legend(fig)
+    return fig
 
 
 def write_plots(runs: Sequence[BenchRun], out_dir: Path) -> list[Path]:
