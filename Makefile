@@ -32,11 +32,13 @@ demo: $(RUNTIME_STAMP)
 
 test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -rs $(PYTEST_ARGS)
 
 # Seconds, not minutes: lint, unit tests and the operator's emulator tests only.
 test-fast: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -rs tests/unit tests/operator $(PYTEST_ARGS)
 
 # What the real-Kubernetes suite needs (Debian packages, Kubernetes built from Go modules,
@@ -47,6 +49,7 @@ kube:
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 protos: $(DEV_STAMP)
 	$(PY) scripts/gen_protos.py

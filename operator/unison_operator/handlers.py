@@ -42,7 +42,7 @@ import datetime
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import kopf
@@ -410,8 +410,8 @@ def invalid_status(error: SpecError, previous: Mapping[str, Any] | None,
             _condition(previous, READY, "False", "InvalidSpec", message, generation),
             _condition(previous, RECONCILED, "False", "InvalidSpec", message, generation)),
     }
-    if (previous or {}).get("ports"):
-        status["ports"] = previous["ports"]  # still assigned: a fixed spec keeps them
+    if ports := (previous or {}).get("ports"):
+        status["ports"] = ports  # still assigned: a fixed spec keeps them
     if generation is not None:
         status["observedGeneration"] = generation
     return status
@@ -596,7 +596,7 @@ async def repair_child(api: KubeClient, cfg: OperatorConfig, namespace: str, clu
         return None
     if action:
         logger.info("%s %s %s", action.lower(), kind, name)
-        kopf.event(cluster, type="Warning" if action in ("Created", "Repaired") else "Normal",
+        kopf.event(cast(kopf.Body, cluster), type="Warning" if action in ("Created", "Repaired") else "Normal",
                    reason=action, message=f"{kind} {name} "
                    + ("was deleted; recreated" if action == "Created"
                       else "was changed outside the operator; restored"
@@ -724,7 +724,7 @@ class _Operator:
         if owner is None or not namespace:
             return
         client = self.api()
-        kind, name = body.get("kind"), body.metadata.get("name")
+        kind, name = str(body.get("kind", "")), str(body.metadata.get("name", ""))
         try:
             key = (namespace, f"{kind}", f"{name}")
             loop = asyncio.get_running_loop()
@@ -766,7 +766,8 @@ def make_registry(cfg: OperatorConfig | None = None,
     @kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)
     @kopf.on.update(GROUP, VERSION, PLURAL, registry=registry)
-    async def apply(body: kopf.Body, name: str, namespace: str, uid: str, meta: kopf.Meta,
+    # kopf types `namespace` as str | None; for namespaced resources it is always set.
+    async def apply(body: kopf.Body, name: str, namespace: Any, uid: str, meta: kopf.Meta,
                     logger: Any, **_: Any) -> None:
         await op.apply(body, name, namespace, uid, meta, logger)
 
@@ -774,11 +775,11 @@ def make_registry(cfg: OperatorConfig | None = None,
     # (A kopf timer would do, but timers need a finalizer on every UnisonCluster, and
     # deleting a cluster must not depend on the operator running.)
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
-    async def cluster_seen(event: kopf.RawEvent, name: str, namespace: str,
+    async def cluster_seen(event: kopf.RawEvent, name: str, namespace: Any,
                            **_: Any) -> None:
         op.cluster_seen(event, name, namespace)
 
-    async def child_changed(body: kopf.Body, event: kopf.RawEvent, namespace: str,
+    async def child_changed(body: kopf.Body, event: kopf.RawEvent, namespace: Any,
                             logger: Any, **_: Any) -> None:
         await op.child_changed(body, event, namespace, logger)
 

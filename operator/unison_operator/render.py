@@ -169,7 +169,9 @@ def allocation_from_status(ports: Any) -> PortAllocation | None:
         return None
     indices = {node: v["index"] for node, v in ports.items()
                if isinstance(v, dict) and isinstance(v.get("index"), int)}
-    relayer = ports.get(RELAYER_NAME) if isinstance(ports.get(RELAYER_NAME), dict) else {}
+    relayer = ports.get(RELAYER_NAME)
+    if not isinstance(relayer, dict):
+        relayer = {}
     notifiers = {ns: p for ns, p in (relayer.get("notifiers") or {}).items()
                  if isinstance(p, int)}
     base = relayer.get("notifierBasePort")
