@@ -152,6 +152,18 @@ async def running_operator(k8s: kmock.KubernetesEmulator, **config: Any
 SERVER_FIELDS = ("uid", "resourceVersion", "generation", "creationTimestamp")
 
 
+def kubeconfig(k8s: Any, path: Path) -> Path:
+    """A token kubeconfig for the emulator (the token is not checked), in namespace NS."""
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": str(k8s.url).rstrip("/")}}],
+        "users": [{"name": "tester", "user": {"token": "not-checked"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "tester",
+                                                  "namespace": NS}}],
+        "current-context": "test"}))
+    return path
+
+
 def live(k8s: kmock.KubernetesEmulator, kind: str, name: str) -> dict[str, Any]:
     """The stored object as a plain dict (KeyError while absent or deleted)."""
     obj = k8s.objects[KIND_RESOURCE.get(kind, UC), NS, name]

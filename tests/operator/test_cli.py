@@ -12,9 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from .conftest import NS, UC_PATH, ApiServerEmulator, eventually, example, live
+from .conftest import UC_PATH, ApiServerEmulator, eventually, example, kubeconfig, live
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
 
@@ -34,16 +33,9 @@ async def healthy(url: str) -> bool:
 
 
 async def test_operator_command_reconciles_with_a_kubeconfig(k8s: Any, tmp_path: Path) -> None:
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": str(k8s.url).rstrip("/")}}],
-        "users": [{"name": "tester", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "tester",
-                                                  "namespace": NS}}],
-        "current-context": "test"}))
+    config = kubeconfig(k8s, tmp_path / "kubeconfig")
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+    env = {**os.environ, "KUBECONFIG": str(config)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "unison.cli", "operator", "--all-namespaces",
         "--liveness", liveness, env=env,

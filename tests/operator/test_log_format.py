@@ -13,22 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from .conftest import NS, UC_PATH, ApiServerEmulator, eventually, example, live
+from .conftest import NS, UC_PATH, ApiServerEmulator, eventually, example, kubeconfig, live
 
 pytestmark = pytest.mark.kmock(cls=ApiServerEmulator)
-
-
-def kubeconfig(k8s: Any, path: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "emulator", "cluster": {"server": str(k8s.url).rstrip("/")}}],
-        "users": [{"name": "tester", "user": {"token": "not-checked"}}],
-        "contexts": [{"name": "test", "context": {"cluster": "emulator", "user": "tester",
-                                                  "namespace": NS}}],
-        "current-context": "test"}))
-    return path
 
 
 async def test_json_logs_from_the_environment(k8s: Any, tmp_path: Path) -> None:
