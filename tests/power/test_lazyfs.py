@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from unison.storage import wal_sync_helper
+from unison.storage.layout import sync_ancestors
 from unison.storage.wal_sync_helper import OK, REQUEST
 
 from tests.power.harness import Machine
@@ -102,7 +103,8 @@ def test_the_helper_syncs_a_new_wal_file_and_its_entry(
     and a file written after it is gone."""
     m = machine("disk")
     db = m.fs.mount / "base" / "ns"
-    db.mkdir(parents=True)  # as the node makes it: nothing synced
+    db.mkdir(parents=True)  # as the node makes it, and syncs the entries naming it when
+    sync_ancestors(str(db))  # the store opens, before the helper starts
     proc, sock = _helper(db)
     try:
         for i in range(1, 6):

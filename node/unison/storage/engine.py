@@ -46,10 +46,10 @@ from unison.storage.layout import (
     META_LAST_LSN,
     U64,
     options,
+    sync_ancestors,
 )
 from unison.storage.records import CorruptRecord, Op, Record, lsn_key, lsn_of
 from unison.storage.wal_sync import WalSyncer, WalSyncerGone
-from unison.storage.wal_sync_helper import sync_ancestors
 from unison.storage.writer import GroupCommitWriter, Merger, Mutation
 
 __all__ = ["CommitListener", "LogTrimmed", "Mutation", "NamespaceStore", "OutOfOrder",

@@ -42,3 +42,23 @@ def options(bytes_per_sync: int = 0) -> Options:
     if size := int(os.environ.get(WRITE_BUFFER_ENV) or 0):
         opts.set_write_buffer_size(size)
     return opts
+
+
+def sync_ancestors(directory: str) -> None:
+    """fsync the directories above `directory`: the node creates the namespace directory
+    (and base_dir) itself, and RocksDB never syncs the entry that names its database
+    directory, so without this a power cut can take a fresh namespace away whole. Stops
+    at the filesystem's root (a mount point's own entry predates the node) and at a
+    directory it may not read (the node did not make that one, nor any above it)."""
+    path = os.path.realpath(directory)
+    dev = os.stat(path).st_dev
+    while (parent := os.path.dirname(path)) != path and os.stat(parent).st_dev == dev:
+        try:
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        except PermissionError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path = parent
