@@ -55,6 +55,14 @@ def _behind(url: str, status: int, text: str) -> RelayerBehind | None:
     return RelayerBehind(f"GET {url}: HTTP 503: {text[:200]}", lsn, wanted)
 
 
+def _lsn(url: str, status: int, doc: Any) -> int:
+    """The integer `lsn` of a 200 answer (/offset or /stats)."""
+    lsn = doc.get("lsn") if isinstance(doc, dict) else None
+    if status != 200 or isinstance(lsn, bool) or not isinstance(lsn, int):
+        raise RelayerError(f"GET {url}: HTTP {status}: no integer 'lsn' in {doc!r:.200}")
+    return lsn
+
+
 def _raise_if_namespace_missing(url: str, status: int, doc: Any) -> None:
     # a 404 naming the namespace is a wrong namespace, not a missing key or endpoint
     if status == 404 and isinstance(doc, dict) and "namespace not found" in str(doc.get("error")):
@@ -145,10 +153,7 @@ class RelayerAPI:
         _raise_if_namespace_missing(url, status, doc)
         if status in (404, 405):
             return None
-        lsn = doc.get("lsn") if isinstance(doc, dict) else None
-        if status != 200 or isinstance(lsn, bool) or not isinstance(lsn, int):
-            raise RelayerError(f"GET {url}: HTTP {status}: no integer 'lsn' in {doc!r:.200}")
-        return lsn
+        return _lsn(url, status, doc)
 
     async def position(self, ns: str) -> Position:
         """The namespace's LSN and history identity from /stats; a relayer without /stats
@@ -158,9 +163,7 @@ class RelayerAPI:
         _raise_if_namespace_missing(url, status, doc)
         if status in (404, 405):
             return Position(await self.offset(ns))
-        lsn = doc.get("lsn") if isinstance(doc, dict) else None
-        if status != 200 or isinstance(lsn, bool) or not isinstance(lsn, int):
-            raise RelayerError(f"GET {url}: HTTP {status}: no integer 'lsn' in {doc!r:.200}")
+        lsn = _lsn(url, status, doc)
         hid, epoch = doc.get("history_id"), doc.get("history_epoch")
         if isinstance(hid, str) and isinstance(epoch, int) and not isinstance(epoch, bool):
             return Position(lsn, (hid, epoch))
