@@ -15,6 +15,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_KEY_BYTES = 4 * 1024
 # HTTP binds loopback unless told otherwise; nodes on Kubernetes render 0.0.0.0.
 DEFAULT_HTTP_LISTEN_IP = "127.0.0.1"
+MAX_HTTP_WORKERS = 64  # http_config.workers: processes sharing the HTTP port
 
 NAMESPACE_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
@@ -95,6 +96,10 @@ class HttpConfig:
 @dataclass
 class UpstreamConfig:
     """One `[relayer_config.<name>]` entry: a set of namespaces followed from one upstream."""
+    # Worker processes serving the API (ours, issue 17): 0 = the node process serves it;
+    # N > 0 = N processes share http_port (SO_REUSEPORT) and send writes and reads to the
+    # node process (api/workers.py).
+    workers: int = 0
 
     name: str
     namespaces: list[str]

@@ -17,6 +17,7 @@ from unison.config.model import (
     DEFAULT_HTTP_LISTEN_IP,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_KEY_BYTES,
+    MAX_HTTP_WORKERS,
     NAMESPACE_RE,
     GrpcConfig,
     HttpConfig,
@@ -209,6 +210,7 @@ def _http(h: _Section) -> HttpConfig:
         max_watch_streams=h.integer("max_watch_streams", 256),
         read_token_file=h.string("read_token_file"),
         write_token_file=h.string("write_token_file"),
+        workers=h.integer("workers", 0, lo=0, hi=MAX_HTTP_WORKERS),
     )
     for k in ("max_key_size", "read_header_timeout", "read_timeout", "idle_timeout"):
         if not getattr(http, k):

@@ -55,7 +55,7 @@ def _http(cfg: NodeConfig) -> dict[str, Any]:
         "read_timeout": format_duration(h.read_timeout),
         "idle_timeout": format_duration(h.idle_timeout),
         "max_connections": h.max_connections, "max_watch_streams": h.max_watch_streams}
-    for k in ("read_token_file", "write_token_file"):
+    for k in ("read_token_file", "write_token_file", "workers"):
         if getattr(h, k):
             http[k] = getattr(h, k)
     return http
