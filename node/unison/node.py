@@ -120,7 +120,8 @@ class Node:
                 self.stores[ns] = NamespaceStore(
                     ns, base / ns, bytes_per_sync=cfg.storage.bytes_per_sync,
                     max_pending_writes=cfg.storage.max_pending_writes,
-                    sync_timeout=cfg.storage.sync_timeout).open()
+                    sync_timeout=cfg.storage.sync_timeout,
+                    wal_fsync_interval=cfg.storage.wal_fsync_interval).open()
             except Exception as e:
                 raise StartupError(f"namespace {ns}: cannot open storage in {base / ns}: {e}") from e
             self.stores[ns].start()

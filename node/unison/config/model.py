@@ -58,6 +58,11 @@ class StorageConfig:
     # write may wait for its WAL sync before it is answered 503 (and /readyz says why).
     max_pending_writes: int = 10000
     sync_timeout: float = 10.0
+    # UnisonDB's durability mode, opt-in (seconds; 0: off, the default): writes are
+    # acknowledged once in the OS page cache and the WAL is fsynced every this often, so
+    # a power cut may lose the acknowledged writes of the last interval (a kill -9 does
+    # not). Off: a write is acknowledged only after its WAL is synced.
+    wal_fsync_interval: float = 0.0
     # Namespaces (of `namespaces`) whose PUTs of CRDT keys (lww:, counter:, pncounter:)
     # are merged into the stored value instead of overwriting it (ours; unison.crdt.stored).
     crdt_merge_namespaces: list[str] = field(default_factory=list)
@@ -91,15 +96,15 @@ class HttpConfig:
     # for writes (a write token also reads). /healthz and /readyz stay open.
     read_token_file: str = ""
     write_token_file: str = ""
+    # Worker processes serving the API (ours, issue 17): 0 = the node process serves it;
+    # N > 0 = N processes share http_port (SO_REUSEPORT) and send writes and reads to the
+    # node process (api/workers.py).
+    workers: int = 0
 
 
 @dataclass
 class UpstreamConfig:
     """One `[relayer_config.<name>]` entry: a set of namespaces followed from one upstream."""
-    # Worker processes serving the API (ours, issue 17): 0 = the node process serves it;
-    # N > 0 = N processes share http_port (SO_REUSEPORT) and send writes and reads to the
-    # node process (api/workers.py).
-    workers: int = 0
 
     name: str
     namespaces: list[str]

@@ -229,6 +229,7 @@ def _storage(s: _Section) -> StorageConfig:
         arena_size=s.size("arena_size", 4 * 1024 * 1024),
         max_pending_writes=s.integer("max_pending_writes", 10000, lo=1),
         sync_timeout=s.duration("sync_timeout", 10.0),
+        wal_fsync_interval=s.duration("wal_fsync_interval", 0.0),
         crdt_merge_namespaces=s.namespaces("crdt_merge_namespaces"),
         wal_cleanup=WalCleanupConfig(
             enabled=w.boolean("enabled", False),
@@ -241,14 +242,19 @@ def _storage(s: _Section) -> StorageConfig:
     )
     if not storage.namespaces:
         raise ConfigError("storage_config.namespaces: at least one namespace is required")
+    if 0 < storage.wal_fsync_interval < 0.001:
+        raise ConfigError(f"storage_config.wal_fsync_interval: must be 0 (off: every write is "
+                          f"synced before it is acknowledged) or at least 1ms, got "
+                          f"{storage.wal_fsync_interval:g}s")
     for i, ns in enumerate(storage.crdt_merge_namespaces):
         if ns not in storage.namespaces:
             raise ConfigError(f"storage_config.crdt_merge_namespaces[{i}]: {ns!r} is not one of "
                               f"storage_config.namespaces {storage.namespaces}")
     # UnisonDB options with no meaning here: accepted, noted at debug level. bytes_per_sync
-    # maps to RocksDB's option of that name and max_age/max_records to log retention;
-    # RocksDB has no WAL segments or memtable arena of UnisonDB's kind.
-    for k in ("disable_entry_type_check", "wal_fsync_interval", "segment_size", "arena_size"):
+    # maps to RocksDB's option of that name, max_age/max_records to log retention and
+    # wal_fsync_interval to the interval durability mode; RocksDB has no WAL segments or
+    # memtable arena of UnisonDB's kind.
+    for k in ("disable_entry_type_check", "segment_size", "arena_size"):
         if k in s.data:
             s.seen.add(k)
             log.debug("config: storage_config.%s has no effect in this implementation", k)

@@ -89,6 +89,9 @@ def render_toml(cfg: NodeConfig) -> str:
         "arena_size": format_size(st.arena_size),
         "max_pending_writes": st.max_pending_writes,
         "sync_timeout": format_duration(st.sync_timeout),
+        # Only when set: files of nodes in the default mode (and their hashes) stay as they were.
+        **({"wal_fsync_interval": format_duration(st.wal_fsync_interval)}
+           if st.wal_fsync_interval else {}),
         **({"crdt_merge_namespaces": st.crdt_merge_namespaces}
            if st.crdt_merge_namespaces else {}),
     })

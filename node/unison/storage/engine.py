@@ -4,10 +4,12 @@ Every mutation gets the next LSN of its namespace and is written with its log re
 one WriteBatch, so data and log never disagree. `NamespaceStore` opens and closes the
 database, reads it, appends (local writes through the group-commit writer, replicated
 records keeping their LSNs) and makes writes durable: the WAL sync runs in a helper
-process (see wal_sync.py); without one, in a thread of this process. The rest has its
-own module:
+process (see wal_sync.py); without one, in a thread of this process. By default a commit
+returns once synced; in interval mode (storage_config.wal_fsync_interval) once written,
+and the WAL is synced periodically (fsync_interval.py). The rest has its own module:
 
 - writer.py     group commit in one supervised writer task
+- fsync_interval.py  the periodic WAL sync of the interval durability mode
 - cursor.py     the log cursor every reader uses, and the commit feed behind it
 - snapshot.py   a consistent view to send, and installing one received
 - retention.py  trimming the log by count and age
@@ -34,6 +36,7 @@ from unison.storage.cursor import (
     LogCursor,
 )
 from unison.storage.errors import LogTrimmed, OutOfOrder, StoreClosed
+from unison.storage.fsync_interval import IntervalSync
 from unison.storage.history import History
 from unison.storage.layout import (
     DATA_CF,
@@ -44,6 +47,9 @@ from unison.storage.layout import (
     META_HISTORY,
     META_HISTORY_ADOPTED,
     META_LAST_LSN,
+    META_OPEN,
+    OPEN_INTERVAL,
+    OPEN_SYNCED,
     U64,
     options,
     sync_ancestors,
@@ -79,19 +85,27 @@ class StoreStats:
 
 
 class NamespaceStore:
-    """Storage for one namespace. Reads are synchronous; writes are awaited until durable."""
+    """Storage for one namespace. Reads are synchronous; writes are awaited until durable
+    (in interval mode: until written, see fsync_interval.py)."""
 
     def __init__(self, name: str, path: str | Path, *, sync: bool = True,
                  bytes_per_sync: int = 0, sync_helper: bool = True,
-                 max_pending_writes: int = 10000, sync_timeout: float = 10.0) -> None:
+                 max_pending_writes: int = 10000, sync_timeout: float = 10.0,
+                 wal_fsync_interval: float = 0.0) -> None:
         self.name = name
         self.path = Path(path)
         self.sync = sync
+        # Seconds (storage_config.wal_fsync_interval); 0: every commit is synced first.
+        self.wal_fsync_interval = wal_fsync_interval if sync else 0.0
+        self._interval: IntervalSync | None = None
+        self._synced_lsn = 0  # interval mode: the newest LSN known on stable storage
+        # Set by open(): the last run was in interval mode and did not close cleanly.
+        self.unclean_interval_stop = False
         self.sync_helper = sync and sync_helper  # False: the fsync runs in a thread here
         self._syncer: WalSyncer | None = None
         self.bytes_per_sync = bytes_per_sync  # 0: RocksDB's default (off)
         self.stats = StoreStats()
-        self.last_lsn = 0  # newest durable LSN
+        self.last_lsn = 0  # newest committed LSN (durable, but see synced_lsn)
         self.first_lsn = 1  # oldest LSN still in the log (== last_lsn + 1 when empty)
         self.feed = CommitFeed()  # durable commits for cursors and listeners
         self._db: Rdict | None = None
@@ -140,9 +154,34 @@ class NamespaceStore:
             raise RuntimeError(f"namespace {self.name}: log tail {tail} disagrees with meta "
                                f"last_lsn {self.last_lsn} in {self.path}")
         self._load_history()
+        self._mark_open()
         log.info("namespace %s: opened %s (lsn %d, log retained from %d, history %s)",
                  self.name, self.path, self.last_lsn, self.first_lsn, self.history)
+        if self.wal_fsync_interval:
+            log.warning("namespace %s: durability mode interval: writes are acknowledged "
+                        "before the WAL is synced, which happens every %gs; acknowledged "
+                        "writes of the last %gs may be lost on power loss "
+                        "(storage_config.wal_fsync_interval)", self.name,
+                        self.wal_fsync_interval, self.wal_fsync_interval)
         return self
+
+    def _mark_open(self) -> None:
+        """Note (synced) that the store is open and in which mode; close() removes it."""
+        db = self._require()
+        self.unclean_interval_stop = db.get(META_OPEN) == OPEN_INTERVAL
+        wb = WriteBatch(raw_mode=True)
+        wb.put(META_OPEN, OPEN_INTERVAL if self.wal_fsync_interval else OPEN_SYNCED)
+        db.write(wb, self._wopts)
+        if self.sync:
+            db.flush_wal(True)  # syncs whatever recovery left unsynced in the WAL too
+        self._synced_lsn = self.last_lsn
+
+    def _mark_closed(self, db: Rdict) -> None:
+        wb = WriteBatch(raw_mode=True)
+        wb.delete(META_OPEN)
+        db.write(wb, self._wopts)
+        if self.sync:
+            db.flush_wal(True)
 
     def use_data_cf(self, name: str) -> None:
         """Serve data from column family `name` (a snapshot install switches it)."""
@@ -182,12 +221,25 @@ class NamespaceStore:
 
     def claim_history(self) -> None:
         """This node writes the namespace (blocking; at start). If its data is a follower's
-        copy (a datacenter restored from a relayer), the history is reset: it continues
-        in a new epoch from the next LSN, so a follower that holds more of the old epoch
-        than the copy did is refused instead of spliced."""
+        copy (a datacenter restored from a relayer), or its last run in interval mode
+        ended without a clean close (it may have lost acknowledged writes that followers
+        already hold), the history is reset: it continues in a new epoch from the next
+        LSN, so a follower that holds more of the old epoch than this node does is
+        refused instead of spliced."""
+        reset = False
         if self._require().get(META_HISTORY_ADOPTED):
             log.warning("namespace %s: the data in %s is a follower's copy (restored from "
                         "one?); this node now writes it", self.name, self.path)
+            reset = True
+        if self.unclean_interval_stop:
+            log.warning("namespace %s: its last run in interval mode "
+                        "(storage_config.wal_fsync_interval) ended without a clean close "
+                        "(killed, or power lost): writes acknowledged after its last WAL sync "
+                        "may be gone while followers hold them; starting a new epoch at lsn "
+                        "%d, so a follower holding more than this node is refused, not spliced",
+                        self.name, self.last_lsn + 1)
+            reset = True
+        if reset:
             self.new_epoch()
 
     def new_epoch(self) -> History:
@@ -211,18 +263,26 @@ class NamespaceStore:
                             "in-process", self.name, e)
         if self._writer is None:
             self._writer = GroupCommitWriter(self)
+        if self.wal_fsync_interval and self._interval is None:
+            self._interval = IntervalSync(self)
 
     async def close(self) -> None:
-        """Finish queued writes, then close RocksDB."""
+        """Finish queued writes, sync the WAL, note the clean close, then close RocksDB."""
         if self._writer is not None:
             await self._writer.stop()
             self._writer = None
+        if self._interval is not None:
+            await self._interval.stop()  # its last sync: everything written so far
+            self._interval = None
         async with self._lock:
             if self._syncer is not None:
                 await self._syncer.close()
                 self._syncer = None
             if self._db is not None:
                 db, self._db = self._db, None
+                if self.failed is None:  # a failed store may have lost what it wrote
+                    await asyncio.get_running_loop().run_in_executor(
+                        self._executor, self._mark_closed, db)
                 # Column family handles keep the database (and its LOCK file) alive.
                 self._data = self._log = self._data_h = self._log_h = None
                 await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
@@ -361,26 +421,47 @@ class NamespaceStore:
 
     # ------------------------------------------------------------ durability
 
+    @property
+    def synced_lsn(self) -> int:
+        """The newest LSN known to be on stable storage (last_lsn but in interval mode)."""
+        return min(self._synced_lsn, self.last_lsn) if self.wal_fsync_interval else self.last_lsn
+
+    async def _commit_write(self, db: Rdict, wb: WriteBatch) -> None:
+        """Write a commit's batch (local or replicated): on stable storage when it returns,
+        or in interval mode only handed to the kernel (the periodic sync follows)."""
+        if self.wal_fsync_interval:
+            db.write(wb, self._wopts)
+            return
+        await self._durable_write(db, wb)
+
     async def _durable_write(self, db: Rdict, wb: WriteBatch) -> None:
         """Write `wb`; return once it is on stable storage (or raise: nothing is durable
         that the caller may acknowledge)."""
-        syncer = self._syncer
-        if syncer is None:
+        if self._syncer is None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._write_sync,
                                                              db, wb)
             return
         # On the loop: write() keeps the GIL for its duration wherever it runs. When it
         # returns, RocksDB has handed the WAL records to the kernel; the helper syncs them.
         db.write(wb, self._wopts)
-        try:
-            await syncer.sync()
-        except WalSyncerGone as e:
-            log.warning("namespace %s: %s; syncing the WAL in-process from now on",
-                        self.name, e)
-            self._syncer = None
-            await syncer.close()
-            # RocksDB still counts the WAL as unsynced, so this syncs what the helper did not.
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.flush_wal, True)
+        await self._sync_wal()
+
+    async def _sync_wal(self) -> None:
+        """Return once everything written to the WAL so far is on stable storage."""
+        db = self._require()
+        syncer = self._syncer
+        if syncer is not None:
+            try:
+                await syncer.sync()
+                return
+            except WalSyncerGone as e:
+                if self._syncer is syncer:  # not yet noticed by a concurrent sync
+                    log.warning("namespace %s: %s; syncing the WAL in-process from now on",
+                                self.name, e)
+                    self._syncer = None
+                await syncer.close()
+        # RocksDB still counts the WAL as unsynced, so this syncs what the helper did not.
+        await asyncio.get_running_loop().run_in_executor(self._executor, db.flush_wal, True)
 
     def _write_sync(self, db: Rdict, wb: WriteBatch) -> None:
         # write() keeps the GIL for its duration; flush_wal(sync) releases it while the
@@ -393,7 +474,9 @@ class NamespaceStore:
 
     async def apply_records(self, records: Sequence[Record]) -> None:
         """Apply upstream records atomically, keeping their LSNs. Verifies CRC and order;
-        one WriteBatch (data + log + meta), synced before returning; then the feed."""
+        one WriteBatch (data + log + meta), synced before returning (in interval mode by
+        the next periodic sync: what a power cut takes, the upstream sends again); then
+        the feed."""
         if not records:
             return
         wb = WriteBatch(raw_mode=True)
@@ -423,7 +506,7 @@ class NamespaceStore:
                 raise StoreClosed(self.failed)
             db = self._require()
             try:
-                await self._durable_write(db, wb)
+                await self._commit_write(db, wb)
             except Exception as e:
                 self.fail(f"commit of {len(records)} records failed: {e}")
                 raise StoreClosed(self.failed) from e
@@ -464,11 +547,16 @@ class NamespaceStore:
         """Trim by count and/or age; 0 disables a limit."""
         return await retention.apply_retention(self, max_records, max_age_s)
 
-    def describe(self) -> dict[str, int | str]:
+    def describe(self) -> dict[str, int | str | float]:
         s = self.stats
         return {
             "namespace": self.name,
             "lsn": self.last_lsn,
+            # "synced": acknowledged means on stable storage; "interval": the WAL is synced
+            # every wal_fsync_interval_s and synced_lsn is what a power cut would keep.
+            "durability": "interval" if self.wal_fsync_interval else "synced",
+            "wal_fsync_interval_s": self.wal_fsync_interval,
+            "synced_lsn": self.synced_lsn,
             "first_retained_lsn": self.first_lsn,
             "approximate_keys": self.approximate_keys(),
             "puts": s.puts,

@@ -21,6 +21,13 @@ META_SNAPSHOT_PENDING = b"snapshot_pending"
 META_HISTORY = b"history"
 # Set while the history was taken from an upstream (a follower's copy); see claim_history.
 META_HISTORY_ADOPTED = b"history_adopted"
+# Set (synced) while the store is open, to the durability mode it was opened in
+# (OPEN_SYNCED or OPEN_INTERVAL); deleted (synced) by a clean close. Found at open with
+# OPEN_INTERVAL, the last run was killed or lost power in interval mode: acknowledged
+# writes may be gone, so a writable store starts a new epoch (engine.claim_history).
+META_OPEN = b"open_mode"
+OPEN_SYNCED = b"synced"
+OPEN_INTERVAL = b"interval"
 # User keys arrive as UTF-8, which never contains 0xff: this bounds "every key".
 KEY_SPACE_END = b"\xff"
 U64 = struct.Struct(">Q")

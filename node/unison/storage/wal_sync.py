@@ -19,6 +19,7 @@ The helper is `wal_sync_helper.py`, run as a script.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 import subprocess
@@ -35,14 +36,16 @@ class WalSyncerGone(RuntimeError):
 
 
 class WalSyncer:
-    """The node's end: one outstanding sync at a time (commits are serialised)."""
+    """The node's end. Requests may overlap (the group commit's, a retention trim's, the
+    interval mode's periodic one): the helper answers each in the order it was sent, so
+    every answer resolves the oldest waiter, even one whose caller was cancelled."""
 
     def __init__(self, directory: str, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
         self.directory = directory
         self.proc = proc
         self._sock = sock
         self._buf = b""
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._lost: str | None = None  # why the helper can no longer be used
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -68,13 +71,13 @@ class WalSyncer:
         Raises OSError if the helper's fdatasync failed, WalSyncerGone if it died."""
         if self._lost is not None:
             raise WalSyncerGone(self._lost)
-        fut = self._waiter = self._loop.create_future()
+        fut = self._loop.create_future()
         try:
             self._sock.send(REQUEST)
         except OSError as e:
-            self._waiter = None
             self._lose(f"WAL sync helper (pid {self.proc.pid}) gone: {e}")
             raise WalSyncerGone(self._lost) from None
+        self._waiters.append(fut)
         await fut
 
     def _readable(self) -> None:
@@ -102,8 +105,11 @@ class WalSyncer:
                 return  # an error message still arriving
 
     def _resolve(self, outcome: BaseException | None) -> None:
-        fut, self._waiter = self._waiter, None
-        if fut is None or fut.done():
+        """The oldest request's answer."""
+        if not self._waiters:
+            return
+        fut = self._waiters.popleft()
+        if fut.done():  # its caller was cancelled
             return
         if outcome is None:
             fut.set_result(None)
@@ -116,7 +122,8 @@ class WalSyncer:
         if self._sock.fileno() >= 0:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
-        self._resolve(WalSyncerGone(self._lost))
+        while self._waiters:
+            self._resolve(WalSyncerGone(self._lost))
 
     async def close(self) -> None:
         """Stop the helper: it exits on end of input; killed if it does not within 5 s."""

@@ -2,7 +2,8 @@
 
 Standard library only and nothing else imported, so it starts fast and stays small. Per
 request byte on the socket FD it `fdatasync`s every live `*.log` file in DIR (and DIR
-itself when a new log appeared), then answers OK, or ERROR + message + newline. It exits
+itself when a new log appeared), then answers OK, or ERROR + message + newline (one
+answer per request byte; requests read together share one round of syncs). It exits
 when the node's end of the socket closes, including when the node is killed. The entries
 naming DIR and the directories above it were synced when the store opened
 (layout.sync_ancestors), before this helper starts.
@@ -45,7 +46,8 @@ def serve(directory: str, sock: socket.socket) -> None:
                 os.fsync(dir_fd)
             answer = OK * len(request)
         except OSError as e:
-            answer = ERROR + str(e).replace("\n", " ").encode() + b"\n"
+            # One answer per request byte, as for OK: the node pairs them in order.
+            answer = (ERROR + str(e).replace("\n", " ").encode() + b"\n") * len(request)
         sock.sendall(answer)
 
 

@@ -3,7 +3,9 @@
 `submit()` queues mutations; the writer takes everything that queued up while the
 previous batch was syncing, assigns LSNs, writes data + log + meta as one batch, waits
 until it is durable, then answers every future in it (and publishes the records to the
-store's commit feed). A failed commit stops the store taking writes (its batch may still
+store's commit feed). In interval mode (storage_config.wal_fsync_interval) it answers
+once the batch is written; fsync_interval.py syncs the WAL, and stalls the store when
+that sync is slow, as the writer does here for a commit's own sync. A failed commit stops the store taking writes (its batch may still
 reach disk under LSNs the next one would reuse): `store.failed` says why until restart.
 
 Supervised: if the writer task itself dies (an exception nothing expected, or a cancel
@@ -127,6 +129,9 @@ class GroupCommitWriter:
             if self.store.failed is not None:  # a commit failed: answer the rest at once
                 self._fail_all(StoreClosed(self.store.failed))
                 continue
+            if self.store.stalled is not None:  # interval mode: the periodic sync is stuck
+                self._fail_all(WriteUnavailable(self.store.stalled))
+                continue
             await self._commit_group()
 
     def _ended(self, task: asyncio.Task[None]) -> None:
@@ -161,7 +166,7 @@ class GroupCommitWriter:
             if not fut.done():
                 fut.set_exception(error)
 
-    def _fail_all(self, error: StoreClosed) -> None:
+    def _fail_all(self, error: StoreClosed) -> None:  # WriteUnavailable: a 503
         pending = self._inflight + self._queue
         self._inflight, self._queue = [], []
         for _, fut in pending:
@@ -181,10 +186,11 @@ class GroupCommitWriter:
                 self._acknowledge(g.pending, g.first)
                 return
             g.wb.put(META_LAST_LSN, U64.pack(g.last))
+            # Interval mode does not sync here: its periodic sync has its own bound.
             timer = (self._loop.call_later(store.sync_timeout, self._sync_stalled, g.pending)
-                     if store.sync_timeout > 0 else None)
+                     if store.sync_timeout > 0 and not store.wal_fsync_interval else None)
             try:
-                await store._durable_write(db, g.wb)
+                await store._commit_write(db, g.wb)
             except Exception as e:  # nothing here is acknowledged; stop taking writes
                 store.fail(f"commit of {g.last - g.first + 1} records failed: {e}")
                 self._fail_all(StoreClosed(store.failed))
@@ -192,10 +198,10 @@ class GroupCommitWriter:
             finally:
                 if timer is not None:
                     timer.cancel()
-                if store.stalled is not None:
-                    log.warning("namespace %s: the WAL sync completed again; taking writes",
-                                store.name)
-                    store.stalled = None
+                    if store.stalled is not None:
+                        log.warning("namespace %s: the WAL sync completed again; taking "
+                                    "writes", store.name)
+                        store.stalled = None
             store.last_lsn = g.last
         store.stats.committed(g.last - g.first + 1, g.size, g.puts)
         records = g.records
