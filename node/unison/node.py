@@ -26,6 +26,7 @@ from unison.logs import setup_logging
 from unison.storage import Merger, NamespaceStore
 
 if TYPE_CHECKING:  # imported when first needed: a replicator never loads the follower
+    from unison.api.workers import WorkerPool
     from unison.notify.publisher import Notifier
     from unison.replication.follower import Follower
     from unison.replication.server import ReplicationServer
@@ -49,7 +50,7 @@ class Node:
         self._followers: dict[str, Follower] = {}
         self._notifiers: dict[str, Notifier] = {}
         self._grpc: ReplicationServer | None = None
-        self._http: web.AppRunner | None = None
+        self._http: web.AppRunner | WorkerPool | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.ctx: NodeContext | None = None
 
@@ -132,6 +133,12 @@ class Node:
 
         cfg = self.config
         limit_accept_errors(asyncio.get_running_loop())
+        if cfg.http.workers:  # worker processes serve the port; this process writes
+            from unison.api.workers import WorkerPool
+
+            self._http = WorkerPool(ctx, build_app(ctx))
+            await self._http.start()  # StartupError naming the port
+            return
         self._http = web.AppRunner(build_app(ctx), access_log=None, handle_signals=False,
                                    keepalive_timeout=cfg.http.idle_timeout,
                                    lingering_time=1.0)  # reading what a refused body still sends

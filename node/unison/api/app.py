@@ -39,7 +39,7 @@ _UNMATCHED = "unmatched"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _Observer:
+class Observer:
     """Wraps each route's handler: JSON errors and request counts.
 
     Per-route wrappers rather than an app middleware: with any middleware aiohttp adds
@@ -109,7 +109,7 @@ def build_app(ctx: NodeContext) -> web.Application:
     """The HTTP API of a running node."""
     requests = RequestCounter()
     app = web.Application(client_max_size=ctx.config.http.max_body_size)
-    observe = _Observer(requests, ctx.config.http.max_body_size)
+    observe = Observer(requests, ctx.config.http.max_body_size)
     app[CTX_KEY] = ctx
     app[REQUESTS_KEY] = requests
     kv = KvRoutes(ctx)

@@ -34,6 +34,7 @@ _WHITESPACE = str.maketrans("", "", " \t\r\n")
 # How JSON encoders write a PUT body `{"value": "<base64>"}` (compact, or with ": ").
 _PUT_BODY_PREFIXES = (b'{"value":"', b'{"value": "')
 _PUT_BODY_SUFFIX = b'"}'
+_NOT_FOUND = b'{"value":"","found":false}'
 
 
 def decode_b64(value: Any, field: str) -> bytes:
@@ -165,6 +166,49 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def namespace_not_found(ns: str) -> ApiError:
+    return ApiError(404, f"namespace not found: {ns}")
+
+
+def read_only(ns: str, role: str) -> ApiError:
+    return ApiError(403, f"namespace {ns} is read-only on this node (role {role}); write to "
+                         "its primary instead")
+
+
+async def read_body(request: web.Request, max_body: int, read_timeout: float) -> bytes:
+    """A write's body, within http_config.max_body_size (413) and read_timeout (408)."""
+    # Refuse by the announced length before reading: no point receiving 100 MB to say no.
+    length = request.content_length
+    if length is not None:
+        if length > max_body:
+            raise ApiError(413, body_too_large(max_body))
+        content = request.content
+        if content.is_eof():  # all of it has arrived (the usual small body): take it
+            return content.read_nowait()
+    try:
+        async with asyncio.timeout(read_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {read_timeout:g}s "
+                            "(http_config.read_timeout)") from None
+
+
+def get_response(value: bytes | None) -> web.Response:
+    """A GET's answer for the stored value (None: missing)."""
+    if value is None:
+        return web.Response(body=_NOT_FOUND, content_type=JSON)
+    # base64 needs no JSON escaping, so the body is assembled directly.
+    return web.Response(body=b'{"value":"' + _b64encode(value) + b'","found":true}',
+                        content_type=JSON)
+
+
+def batch_answer(mutations: list[Mutation]) -> dict[str, Any]:
+    """A batch's success body; with merged CRDT keys, how many changed nothing."""
+    unchanged = sum(1 for m in mutations if m.changed and not m.changed[0])
+    return {"success": True, "count": len(mutations),
+            **({"unchanged": unchanged} if unchanged else {})}
+
+
 class KvRoutes:
     """Request handlers; one instance per app, bound to the node's context."""
 
@@ -182,31 +226,17 @@ class KvRoutes:
         ns = request.match_info["ns"]
         store = self.stores.get(ns)
         if store is None:
-            raise ApiError(404, f"namespace not found: {ns}")
+            raise namespace_not_found(ns)
         return store
 
     def _writable_store(self, request: web.Request) -> NamespaceStore:
         store = self._store(request)
         if store.name not in self.writable:
-            raise ApiError(403, f"namespace {store.name} is read-only on this node "
-                                f"(role {self.ctx.role}); write to its primary instead")
+            raise read_only(store.name, self.ctx.role)
         return store
 
     async def _raw_body(self, request: web.Request) -> bytes:
-        # Refuse by the announced length before reading: no point receiving 100 MB to say no.
-        length = request.content_length
-        if length is not None:
-            if length > self.max_body:
-                raise ApiError(413, body_too_large(self.max_body))
-            content = request.content
-            if content.is_eof():  # all of it has arrived (the usual small body): take it
-                return content.read_nowait()
-        try:
-            async with asyncio.timeout(self.read_timeout):
-                return await request.read()
-        except TimeoutError:
-            raise ApiError(408, f"request body not received within {self.read_timeout:g}s "
-                                "(http_config.read_timeout)") from None
+        return await read_body(request, self.max_body, self.read_timeout)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         return parse_json_object(await self._raw_body(request))
@@ -276,12 +306,7 @@ class KvRoutes:
             behind = await self._at_least(store, request)
             if behind is not None:
                 return behind
-        value = store.get(key)
-        if value is None:
-            return web.Response(body=b'{"value":"","found":false}', content_type=JSON)
-        # base64 needs no JSON escaping, so the body is assembled directly.
-        body = b'{"value":"' + _b64encode(value) + b'","found":true}'
-        return web.Response(body=body, content_type=JSON)
+        return get_response(store.get(key))
 
     async def delete(self, request: web.Request) -> web.Response:
         store = self._writable_store(request)
@@ -308,9 +333,7 @@ class KvRoutes:
                   if m.op is Op.PUT and m.key.startswith(merger.prefixes) else m
                   for i, m in enumerate(mutations)]
         await self._write(store, merged)
-        unchanged = sum(1 for m in merged if m.changed and not m.changed[0])
-        return json_ok({"success": True, "count": len(mutations),
-                        **({"unchanged": unchanged} if unchanged else {})})
+        return json_ok(batch_answer(merged))
 
     # ------------------------------------------------------------ reads beyond UnisonDB
 
