@@ -93,11 +93,12 @@ def subscribe_main(endpoint: str, prefix: str, out: Path, idle: float) -> int:
 
 
 class Subscriber:
-    def __init__(self, endpoint: str, workdir: Path, idle: float = 30.0) -> None:
+    def __init__(self, endpoint: str, workdir: Path, idle: float = 30.0,
+                 namespace: str = NAMESPACE) -> None:
         self.out = workdir / f"arrivals-{time.monotonic_ns()}.json"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_notify", "--subscribe", endpoint,
-             "--prefix", NAMESPACE, "--arrivals", str(self.out), "--idle", str(idle)],
+             "--prefix", namespace, "--arrivals", str(self.out), "--idle", str(idle)],
             stdout=subprocess.PIPE, env=python_env())
 
     def ready(self) -> bool:
@@ -117,8 +118,8 @@ class Subscriber:
 
 
 async def _put_at_rate(port: int, prefix: str, rate: float, seconds: float, sizes: NotifySizes,
-                       until: Any = None, sent_at: dict[str, int] | None = None
-                       ) -> dict[str, int]:
+                       until: Any = None, sent_at: dict[str, int] | None = None,
+                       namespace: str = NAMESPACE) -> dict[str, int]:
     """Open-loop PUTs to dc1: key -> monotonic ns of its 200 acknowledgement
     (and, in `sent_at`, of the moment the request was due).
 
@@ -128,7 +129,7 @@ async def _put_at_rate(port: int, prefix: str, rate: float, seconds: float, size
     import base64
 
     body = json.dumps({"value": base64.b64encode(os.urandom(sizes.value_size)).decode()}).encode()
-    head = (f"PUT /api/v1/{NAMESPACE}/kv/%s HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+    head = (f"PUT /api/v1/{namespace}/kv/%s HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     sent_at = {} if sent_at is None else sent_at
     acks: dict[str, int] = {}
