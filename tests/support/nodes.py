@@ -82,6 +82,7 @@ class NodeProcess:
     config: NodeConfig
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to the node's environment
     log_path: Path = field(init=False)
     config_path: Path = field(init=False)
 
@@ -115,7 +116,8 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "unison.cli", "node", "-config", str(self.config_path),
              self.role],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         log.close()
         if wait:

@@ -43,6 +43,9 @@ class RequestCounter:
         self.counts: dict[tuple[str, str, int], int] = {}
         # (method, route) -> [count per bucket..., count above the last bucket, sum]
         self.durations: dict[tuple[str, str], list[float]] = {}
+        # Connections the fast path (fastpath.py) answered requests on / gave to aiohttp.
+        self.fast_answered = 0
+        self.fast_handed_over = 0
 
     def add(self, method: str, route: str, status: int, seconds: float = 0.0) -> None:
         method = method if method in _HTTP_METHODS else "OTHER"
@@ -231,6 +234,13 @@ class NodeCollector:
         for (method, route), buckets, total_seconds in self.requests.histograms():
             hist.add_metric([method, route], buckets, total_seconds)
         yield hist
+        fast = CounterMetricFamily("unison_http_fast_path", "Key requests answered by the "
+                                   "fast path, and connections it handed to aiohttp (a request "
+                                   "it does not take: another route, an unusual or refused one).",
+                                   labels=["outcome"])
+        fast.add_metric(["answered"], self.requests.fast_answered)
+        fast.add_metric(["handed_over"], self.requests.fast_handed_over)
+        yield fast
 
 
 def node_registry(ctx: NodeContext, requests: RequestCounter,

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from unison.api import fastpath
 from unison.config import HttpConfig
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,19 @@ def connection_cap(limit: int) -> int:
 
 
 class BoundedSite(web.TCPSite):
-    """A TCPSite whose protocol factory applies `max_connections` and the header deadline."""
+    """A TCPSite whose protocol factory applies `max_connections` and the header deadline,
+    and puts the fast path (fastpath.py) in front of a node's app."""
 
     def __init__(self, runner: web.BaseRunner, cfg: HttpConfig, host: str, port: int,
                  **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
         self.cap = connection_cap(cfg.max_connections)
         self.header_timeout = cfg.read_header_timeout
+        self.idle_timeout = cfg.idle_timeout
         self.refused = 0
+        app = getattr(runner, "app", None)
+        self.routes = fastpath.routes_for(app) if isinstance(app, web.Application) else None
+        self.fast: set[fastpath.FastPathProtocol] = set()  # connections not yet aiohttp's
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -108,17 +114,32 @@ class BoundedSite(web.TCPSite):
     def _factory(self, server: web.Server,
                  loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Protocol]:
         def protocol() -> asyncio.Protocol:
-            if len(server.connections) >= self.cap:
+            if len(server.connections) + len(self.fast) >= self.cap:
                 self.refused += 1
                 if self.refused == 1 or self.refused % 1000 == 0:
                     log.warning("HTTP: %d connections open (http_config.max_connections); "
                                 "answering 503 (%d refused so far)", self.cap, self.refused)
                 return _Refuse()
+            if self.routes is not None:
+                fast = fastpath.FastPathProtocol(
+                    self.routes, server, header_timeout=self.header_timeout,
+                    idle_timeout=self.idle_timeout, handed_over=self._handed_over,
+                    closed=self.fast.discard)
+                self.fast.add(fast)
+                return fast
             handler = server()
             loop.call_later(self.header_timeout, _header_deadline, handler)
             return handler
 
         return protocol
+
+    def _handed_over(self, fast: fastpath.FastPathProtocol, handler: RequestHandler) -> None:
+        asyncio.get_running_loop().call_later(self.header_timeout, _header_deadline, handler)
+
+    async def stop(self) -> None:
+        await super().stop()
+        for fast in list(self.fast):  # idle ones close now, the others after their answer
+            fast.close()
 
 
 def _header_deadline(handler: RequestHandler) -> None:
