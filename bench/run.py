@@ -71,6 +71,8 @@ BENCHES: tuple[Bench, ...] = (
           "bench.bench_notify:run", {"smoke": 60.0, "full": 180.0}),
     Bench("rss", "node RSS after writing 1,000,000 keys", "bench.bench_rss:run",
           {"smoke": 60.0, "full": 420.0}, max_repeat=1),
+    Bench("seed", "issue 17's table: the seed topology under wrk, synced and interval "
+          "durability", "bench.bench_seed:run", {"smoke": 150.0, "full": 600.0}, max_repeat=1),
     Bench("render", "operator render time for a 10-datacenter cluster",
           "bench.bench_render:run", {"smoke": 60.0, "full": 120.0}),
 )

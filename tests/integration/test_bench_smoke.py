@@ -23,7 +23,7 @@ from bench.report import METRICS, Outcome
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bench(*args: str, timeout: float = 240.0,
+def bench(*args: str, timeout: float = 420.0,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # A failed benchmark's logs are kept for the reader; here nobody reads them.
     with tempfile.TemporaryDirectory(prefix="bench-test-") as scratch:
