@@ -190,3 +190,28 @@ def test_plain_requests_are_answered_by_the_fast_path_and_counted(
     status, text = fast.api("GET", "/metrics")
     assert re.search(r'unison_http_requests_total\{method="PUT",'
                      r'route="/api/v1/\{ns\}/kv/\{key\}",status="200"\} ([0-9.e+]+)', text)
+
+
+def test_fast_path_connections_keep_the_header_and_idle_deadlines(tmp_path: Path) -> None:
+    cfg = single_node_config(tmp_path, [NS])
+    cfg.http.read_header_timeout, cfg.http.idle_timeout = 1.0, 1.5
+    node = NodeProcess("deadlines", "replicator", cfg, tmp_path).start()
+    try:
+        def closed_after(chunks: list[bytes]) -> tuple[float, bytes]:
+            with socket.create_connection((HOST, node.http_port), timeout=10) as s:
+                t0 = time.monotonic()
+                for chunk in chunks:
+                    s.sendall(chunk)
+                out = b""
+                while data := s.recv(65536):
+                    out += data
+                return time.monotonic() - t0, out
+
+        silent, out = closed_after([])
+        assert out == b"" and 0.9 <= silent < 5, silent  # no request at all: header deadline
+        idle, out = closed_after([put(key_path("z"), value("z")) + get(key_path("z"))])
+        assert out.count(b"HTTP/1.1 200 OK") == 2
+        assert 1.4 <= idle < 6, idle  # answered, then idle: idle_timeout
+        assert fast_path_counts(node)["answered"] == 2
+    finally:
+        node.stop()
