@@ -24,13 +24,14 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
 from aiohttp import web
 
 from unison import eventloop
-from unison.api import frames
+from unison.api import fastpath, frames
 from unison.api.app import Observer
 from unison.api.auth import guard, load_tokens
 from unison.api.kv import (
@@ -49,6 +50,7 @@ from unison.api.metrics import RequestCounter
 from unison.api.proxy import Proxy
 from unison.api.responses import JSON, ApiError
 from unison.api.server import BoundedSite, limit_accept_errors
+from unison.api.worker_fastpath import WorkerFastPath, worker_routes
 from unison.config import HttpConfig
 from unison.crdt import stored as crdt_stored
 from unison.errors import StartupError
@@ -59,6 +61,7 @@ log = logging.getLogger("unison.worker")
 
 _PR_SET_PDEATHSIG = 1
 SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get on SIGTERM
+GONE = "unavailable: the node's writer process is gone"
 
 
 @dataclass
@@ -116,16 +119,20 @@ class WriterLink(asyncio.Protocol):
             self.transport.write(b"".join(self.out))
         self.out.clear()
 
-    async def call(self, build: Any, *args: Any) -> frames.Answer:
-        """Send `build(rid, *args)` and wait for its answer."""
+    def request(self, build: Any, *args: Any) -> asyncio.Future[frames.Answer]:
+        """Send `build(rid, *args)`; the future gets its answer (ApiError 503 if the
+        writer goes away first)."""
         if self.closed.is_set():
-            raise ApiError(503, "unavailable: the node's writer process is gone")
+            raise ApiError(503, GONE)
         rid = self.next_rid
         self.next_rid = rid + 1 if rid < 0xFFFFFFFF else 1
         fut = self.loop.create_future()
         self.pending[rid] = fut
         self.send(build(rid, *args))
-        return await fut
+        return fut
+
+    async def call(self, build: Any, *args: Any) -> frames.Answer:
+        return await self.request(build, *args)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -143,7 +150,7 @@ class WriterLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         for fut in self.pending.values():
             if not fut.done():
-                fut.set_exception(ApiError(503, "unavailable: the node's writer process is gone"))
+                fut.set_exception(ApiError(503, GONE))
         self.pending.clear()
         self.closed.set()
 
@@ -238,11 +245,30 @@ def build_worker_app(spec: WorkerSpec, cfg: HttpConfig, link: WriterLink,
 
 
 class SharedPortSite(BoundedSite):
-    """BoundedSite (connection cap, header deadline) on a socket bound with SO_REUSEPORT."""
+    """BoundedSite (connection cap, header deadline, the fast path) on a socket bound with
+    SO_REUSEPORT; the fast path's stores are the writer's, through the link."""
 
-    def __init__(self, runner: web.BaseRunner, cfg: HttpConfig, sock: socket.socket) -> None:
+    def __init__(self, runner: web.BaseRunner, cfg: HttpConfig, sock: socket.socket,
+                 spec: WorkerSpec, link: WriterLink) -> None:
         super().__init__(runner, cfg, cfg.listen_ip, 0)
         self.sock = sock
+        if fastpath.enabled(cfg):
+            self.routes = worker_routes(spec.namespaces, spec.writable, spec.merged, link,
+                                        cfg.max_key_size, cfg.max_body_size)
+
+    def _factory(self, server: web.Server,
+                 loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Protocol]:
+        make = super()._factory(server, loop)
+
+        def protocol() -> asyncio.Protocol:
+            p = make()
+            # BoundedSite makes the fast path's protocol; ours differs only in how a GET
+            # is read (a frame, not a local store), so the class is swapped, not copied.
+            if type(p) is fastpath.FastPathProtocol:
+                p.__class__ = WorkerFastPath
+            return p
+
+        return protocol
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -292,7 +318,7 @@ async def _serve(spec: WorkerSpec) -> None:
     await runner.setup()
     sock = listening_socket(spec.listen_ip, spec.port)
     sock.listen(128)
-    site = SharedPortSite(runner, cfg, sock)
+    site = SharedPortSite(runner, cfg, sock, spec, link)
     await site.start()
     link.send(frames.request(spec.index, 0, frames.HELLO))
     log.debug("HTTP worker %d (pid %d) listening on :%d", spec.index, os.getpid(), spec.port)
