@@ -184,3 +184,25 @@ async def test_an_interval_marker_left_open_reads_as_unclean(tmp_path: Path) -> 
     store = open_store(tmp_path, interval=0.0)  # closed cleanly since: no new epoch
     assert not store.unclean_interval_stop
     await store.close()
+
+
+async def test_overlapping_and_cancelled_helper_syncs_are_answered_in_order(
+        tmp_path: Path) -> None:
+    """The periodic sync and a synced write (a retention trim) may ask the helper at once;
+    a caller cancelled while waiting must not take the next request's answer."""
+    syncer = WalSyncer.spawn(str(tmp_path))
+    try:
+        await asyncio.wait_for(asyncio.gather(*(syncer.sync() for _ in range(20))), 10)
+        os.kill(syncer.proc.pid, signal.SIGSTOP)
+        cancelled = asyncio.ensure_future(syncer.sync())
+        await asyncio.sleep(0.05)
+        cancelled.cancel()
+        later = asyncio.ensure_future(syncer.sync())
+        await asyncio.sleep(0.05)
+        assert not later.done()
+        os.kill(syncer.proc.pid, signal.SIGCONT)
+        await asyncio.wait_for(later, 10)
+        assert len(syncer._waiters) == 0
+    finally:
+        os.kill(syncer.proc.pid, signal.SIGCONT)
+        await syncer.close()
