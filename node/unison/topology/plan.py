@@ -143,6 +143,7 @@ def plan_cluster(
     allocation: PortAllocation | None = None,
     crdt_merge: Collection[str] | None = None,
     tls_dir: str | None = None,
+    wal_fsync_interval: float = 0.0,
 ) -> list[NodePlan]:
     """The nodes of a cluster: one primary per datacenter, then one relayer.
 
@@ -161,11 +162,14 @@ def plan_cluster(
 
     `crdt_merge` names the datacenters whose namespaces merge CRDT writes
     (storage_config.crdt_merge_namespaces); None: every datacenter (the default).
+
+    `wal_fsync_interval` (seconds; storage_config.wal_fsync_interval) applies to every node,
+    the relayer too (it re-fetches from its upstreams what a power cut took); 0: synced.
     """
     indices = _node_indices([name for name, _ in datacenters] + [RELAYER_NAME],
                             allocation.indices if allocation else {})
     plans = [_datacenter(name, list(namespaces), indices[name], base_dir, log_level,
-                         crdt_merge is None or name in crdt_merge, tls_dir)
+                         crdt_merge is None or name in crdt_merge, tls_dir, wal_fsync_interval)
              for name, namespaces in datacenters]
     by_name = {p.name: p for p in plans}
     index = indices[RELAYER_NAME]
@@ -177,11 +181,10 @@ def plan_cluster(
         http_port=http,
         grpc=server,
         http=HttpConfig(listen_ip=ALL_INTERFACES),
-        storage=StorageConfig(base_dir=base_dir(RELAYER_NAME), namespaces=relayed),
+        storage=StorageConfig(base_dir=base_dir(RELAYER_NAME), namespaces=relayed,
+                              wal_fsync_interval=wal_fsync_interval),
         upstreams=[_upstream(by_name[dc], upstream_address, server) for dc in follow],
-        notifiers=[
-            NotifierConfig(namespace=ns, bind_port=notifier_ports[ns]) for ns in relayed
-        ],
+        notifiers=[NotifierConfig(namespace=ns, bind_port=notifier_ports[ns]) for ns in relayed],
         log=LogConfig(log_level=log_level),
         source=f"<{RELAYER_NAME}>",
     )
@@ -199,7 +202,8 @@ def _upstream(dc: NodePlan, upstream_address: Callable[[str, int], str],
 
 
 def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable[[str], str],
-                log_level: str, crdt_merge: bool = True, tls_dir: str | None = None) -> NodePlan:
+                log_level: str, crdt_merge: bool = True, tls_dir: str | None = None,
+                wal_fsync_interval: float = 0.0) -> NodePlan:
     """A datacenter's primary: writable; gRPC plaintext (asked for) unless `tls_dir`."""
     http, grpc = node_ports(index)
     cfg = NodeConfig(
@@ -208,7 +212,8 @@ def _datacenter(name: str, namespaces: list[str], index: int, base_dir: Callable
         http=HttpConfig(listen_ip=ALL_INTERFACES),
         # CRDT writes merged on the node (monotone stored state), unless turned off.
         storage=StorageConfig(base_dir=base_dir(name), namespaces=namespaces,
-                              crdt_merge_namespaces=list(namespaces) if crdt_merge else []),
+                              crdt_merge_namespaces=list(namespaces) if crdt_merge else [],
+                              wal_fsync_interval=wal_fsync_interval),
         log=LogConfig(log_level=log_level),
         source=f"<{name}>",
     )

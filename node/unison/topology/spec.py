@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from unison.config.model import NAMESPACE_RE
+from unison.config.units import format_duration, parse_duration
 from unison.errors import SpecError
 from unison.topology.plan import (
     GRPC_BASE_PORT,
@@ -71,6 +72,13 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 RECLAIM_POLICIES = ("Retain", "Delete")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 LOG_LEVELS = ("debug", "info", "warn", "error")
+# spec.storage.walFsyncInterval: a Go duration in whole units of h, m, s or ms ("1s",
+# "200ms", "1m30s"; "0"/"0s" = off), so every value is a whole number of milliseconds,
+# as the node TOML writes it, and 0 or at least 1ms, as the node requires. The CRD has the
+# same pattern and a CEL rule for the upper bound.
+WAL_FSYNC_INTERVAL_RE = re.compile(r"^(0|([0-9]+(ms|h|m|s))+)$")
+MAX_WAL_FSYNC_INTERVAL = 3600.0  # seconds (1h): what a power cut may lose, at most
+MAX_DURATION_CHARS = 32
 _QUANTITY_SUFFIX = {
     "": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
@@ -139,11 +147,21 @@ class TLSSpec:
 
 
 @dataclass(frozen=True)
+class ClusterStorageSpec:
+    """Storage settings of every node of the cluster (the datacenters and the relayer)."""
+
+    # Seconds (storage_config.wal_fsync_interval); 0: acknowledged means fsynced (the
+    # default); > 0: acknowledged once written, the WAL fsynced every this often.
+    wal_fsync_interval: float = 0.0
+
+
+@dataclass(frozen=True)
 class ClusterSpec:
     datacenters: tuple[DatacenterSpec, ...]
     relayer: RelayerSpec
     client: ClientSpec = field(default_factory=ClientSpec)
     tls: TLSSpec = field(default_factory=TLSSpec)
+    storage: ClusterStorageSpec = field(default_factory=ClusterStorageSpec)
     image: str = DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
     log_level: str = "info"
@@ -189,6 +207,7 @@ class ClusterSpec:
             allocation=allocation,
             crdt_merge={dc.name for dc in self.datacenters if dc.crdt_merge},
             tls_dir=tls_dir,
+            wal_fsync_interval=self.storage.wal_fsync_interval,
         )
 
 
@@ -458,6 +477,26 @@ def _tls(data: Any) -> TLSSpec:
     return TLSSpec(enabled=_bool(d, "enabled", path, True))
 
 
+def _cluster_storage(data: Any) -> ClusterStorageSpec:
+    path = "spec.storage"
+    d = _mapping(data, path)
+    _known(d, path, ("walFsyncInterval",))
+    text = _str(d, "walFsyncInterval", path)
+    if text is None:
+        return ClusterStorageSpec()
+    where = f"{path}.walFsyncInterval"
+    if len(text) > MAX_DURATION_CHARS or not WAL_FSYNC_INTERVAL_RE.match(text):
+        raise SpecError(
+            f"{where}: expected a duration in whole h, m, s or ms like \"1s\", \"200ms\" or "
+            f"\"1m30s\" (\"0s\": every write fsynced before it is acknowledged), got {_fmt(text)}"
+        )
+    seconds = parse_duration(text, where)
+    if seconds > MAX_WAL_FSYNC_INTERVAL:
+        raise SpecError(f"{where}: must be at most {format_duration(MAX_WAL_FSYNC_INTERVAL)} "
+                        f"(a power cut may lose this much acknowledged writing), got {_fmt(text)}")
+    return ClusterStorageSpec(wal_fsync_interval=seconds)
+
+
 def _check_name(name: str, datacenters: list[DatacenterSpec]) -> None:
     if not DNS_LABEL_RE.match(name):
         raise SpecError(
@@ -496,7 +535,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
 
     path = "spec"
     _known(spec, path, ("image", "imagePullPolicy", "logLevel", "clusterDomain", "datacenters",
-                        "relayer", "client", "tls"))
+                        "relayer", "client", "tls", "storage"))
     raw_dcs = spec.get("datacenters")
     if raw_dcs is None:
         raise SpecError("spec.datacenters: required field is missing")
@@ -520,6 +559,7 @@ def parse_cluster(manifest_or_spec: Mapping[str, Any]) -> ClusterSpec:
         relayer=_relayer(spec.get("relayer"), datacenters),
         client=_client(spec.get("client")),
         tls=_tls(spec.get("tls")),
+        storage=_cluster_storage(spec.get("storage")),
         image=image,
         image_pull_policy=_enum(spec, "imagePullPolicy", path, "IfNotPresent", PULL_POLICIES),
         log_level=_enum(spec, "logLevel", path, "info", LOG_LEVELS),
