@@ -1,6 +1,7 @@
 """/metrics of real nodes, read with prometheus_client's own parser as a Prometheus server
 would: every line parses, no series appears twice, counters are counters (named
-*_total), the request-duration histogram and process metrics are there."""
+*_total), the request-duration histogram and process metrics are there; the durability
+gauges say each namespace's mode and synced LSN, as /stats does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.nodes import running_cluster
+from tests.support.nodes import NodeProcess, running_cluster, seed_cluster
 from tests.unit.test_chart_podmonitor import dashboard_metrics
 
 
@@ -59,3 +60,56 @@ def test_node_metrics_parse_without_duplicates(tmp_path: Path) -> None:
         # Every metric the chart's Grafana dashboard queries is one these nodes export.
         exported = {n.removesuffix("_total") for n in (*rf, *families(dc1_text))}
         assert dashboard_metrics() <= exported, dashboard_metrics() - exported
+
+
+def gauge(text: str, name: str) -> dict[str, float]:
+    """namespace -> value of a per-namespace gauge."""
+    fam = families(text)[name]
+    assert fam.type == "gauge", name
+    return {s.labels["namespace"]: s.value for s in fam.samples}
+
+
+def durability(node: NodeProcess) -> dict[str, tuple[float, float, float]]:
+    """namespace -> (wal_fsync_interval_seconds, synced_lsn, namespace_lsn) from /metrics."""
+    status, text = node.api("GET", "/metrics")
+    assert status == 200 and isinstance(text, str)
+    assert_no_duplicate_series(text)
+    interval = gauge(text, "unison_wal_fsync_interval_seconds")
+    synced, lsn = gauge(text, "unison_synced_lsn"), gauge(text, "unison_namespace_lsn")
+    assert set(interval) == set(synced) == set(lsn), (interval, synced, lsn)
+    return {ns: (interval[ns], synced[ns], lsn[ns]) for ns in lsn}
+
+
+def stats(node: NodeProcess, ns: str) -> dict[str, Any]:
+    status, body = node.api("GET", f"/api/v1/{ns}/stats")
+    assert status == 200 and isinstance(body, dict), body
+    return body
+
+
+def test_durability_gauges_in_synced_and_interval_mode(tmp_path: Path) -> None:
+    nodes = seed_cluster(tmp_path)
+    dc1, dc2, relayer = nodes["dc1"], nodes["dc2"], nodes["relayer"]
+    dc1.config.storage.wal_fsync_interval = 60.0  # no periodic sync while the test runs
+    try:
+        for node in nodes.values():
+            node.start()
+        relayer.wait_ready()
+        for i in range(5):
+            assert dc1.put("ad-campaign-dc1", f"k{i}", "v")[0] == 200
+            assert dc2.put("ad-campaign-dc2", f"k{i}", "v")[0] == 200
+
+        # Interval mode: acknowledged writes past the last sync (at open) are not synced yet.
+        interval, synced, lsn = durability(dc1)["ad-campaign-dc1"]
+        assert interval == 60.0 and lsn >= 5 and synced < lsn, (interval, synced, lsn)
+        s = stats(dc1, "ad-campaign-dc1")
+        assert (s["durability"], s["wal_fsync_interval_s"], s["synced_lsn"]) == (
+            "interval", 60.0, synced)
+        # Synced mode (the default): 0, and what is committed is synced.
+        assert durability(dc2) == {"ad-campaign-dc2": (0.0, lsn, lsn)}
+        assert stats(dc2, "ad-campaign-dc2")["durability"] == "synced"
+        relayed = durability(relayer)
+        assert set(relayed) == {"ad-campaign-dc1", "ad-campaign-dc2"}
+        assert all(i == 0.0 and synced == last for i, synced, last in relayed.values()), relayed
+    finally:
+        for node in nodes.values():
+            node.stop()

@@ -211,15 +211,25 @@ class NodeCollector:
                                   "Oldest LSN still in the log.", labels=labels)
         writable = GaugeMetricFamily("unison_namespace_writable",
                                      "1 when this node accepts writes.", labels=labels)
+        synced = GaugeMetricFamily("unison_synced_lsn", "Newest LSN known to be on stable "
+                                   "storage: the latest committed LSN unless in interval "
+                                   "durability mode, where the gap to it is what a power cut "
+                                   "may lose.", labels=labels)
+        interval = GaugeMetricFamily("unison_wal_fsync_interval_seconds", "Interval durability "
+                                     "mode's WAL fsync period (storage_config.wal_fsync_interval"
+                                     "); 0: every write is fsynced before it is acknowledged.",
+                                     labels=labels)
         counters = [CounterMetricFamily(name, help_text, labels=labels)
                     for _, name, help_text in _STORE_COUNTERS]
         for ns, store in ctx.stores.items():
             lsn.add_metric([ns], store.last_lsn)
             first.add_metric([ns], store.first_lsn)
             writable.add_metric([ns], ns in ctx.writable)
+            synced.add_metric([ns], store.synced_lsn)
+            interval.add_metric([ns], store.wal_fsync_interval)
             for (attr, _, _), family in zip(_STORE_COUNTERS, counters, strict=True):
                 family.add_metric([ns], getattr(store.stats, attr))
-        yield from (lsn, first, writable, *counters)
+        yield from (lsn, first, writable, synced, interval, *counters)
 
     def _http(self) -> Iterator[Metric]:
         total = CounterMetricFamily("unison_http_requests", "HTTP requests by route and status.",
