@@ -321,3 +321,18 @@ def test_a_taken_port_fails_start_up_naming_it(tmp_path: Path) -> None:
             node.start()
     assert f"HTTP port {node.http_port}" in node.logs()
     assert "Traceback" not in node.logs()
+
+
+def test_metrics_count_what_the_workers_answer(nodes: dict[str, NodeProcess]) -> None:
+    port = nodes["workers"].http_port
+
+    def puts_counted() -> int:
+        text = exchange(port, "GET", "/metrics")[1]
+        return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+                   if line.startswith("unison_http_requests_total{")
+                   and 'method="PUT"' in line and "kv/{key}" in line and 'status="200"' in line)
+
+    before = puts_counted()
+    for i in range(20):
+        assert exchange(port, "PUT", kv_path(NS, f"m{i}"), b'{"value":"aGk="}', JSON_CT)[0] == 200
+    wait_for("the workers' counts in /metrics", lambda: puts_counted() >= before + 20, 10)

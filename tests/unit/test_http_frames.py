@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from unison.api import frames
-from unison.api.workers import WorkerLink
+from unison.api.metrics import RequestCounter
+from unison.api.workers import WorkerLink, add_counts
 from unison.config import ConfigError, parse_config
 from unison.storage import Mutation, NamespaceStore, Op
 
@@ -96,7 +97,7 @@ class _Transport:
 
 
 async def _link(store: NamespaceStore, data: bytes) -> tuple[_Transport, list[frames.Answer]]:
-    link = WorkerLink([store], MAX)
+    link = WorkerLink([store], MAX, RequestCounter())
     transport = _Transport()
     link.connection_made(transport)  # type: ignore[arg-type]
     link.data_received(data)
@@ -128,6 +129,25 @@ def test_the_writer_drops_a_link_that_sends_garbage_and_keeps_working(
             await store.close()
 
     asyncio.run(main())
+
+
+def test_request_counts_travel_from_a_worker_to_the_writer() -> None:
+    from unison.api.worker import counts_snapshot
+
+    worker, writer = RequestCounter(), RequestCounter()
+    assert counts_snapshot(worker) is None
+    for _ in range(3):
+        worker.add("PUT", "/api/v1/{ns}/kv/{key}", 200, 0.002)
+    worker.fast_answered = 2
+    writer.add("PUT", "/api/v1/{ns}/kv/{key}", 200, 0.002)
+    data = counts_snapshot(worker)
+    assert data is not None and not worker.counts and worker.fast_answered == 0
+    add_counts(writer, data)
+    assert writer.counts == {("PUT", "/api/v1/{ns}/kv/{key}", 200): 4}
+    assert sum(writer.durations[("PUT", "/api/v1/{ns}/kv/{key}")][:-1]) == 4
+    assert writer.fast_answered == 2
+    with pytest.raises(frames.FrameError):
+        add_counts(writer, b"{not json")
 
 
 @pytest.mark.parametrize("value, error", [

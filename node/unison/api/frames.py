@@ -28,7 +28,8 @@ GET = 1
 PUT = 2
 DELETE = 3
 BATCH = 4
-_OPS = frozenset((HELLO, GET, PUT, DELETE, BATCH))
+STATS = 5  # a worker's request counts since its last STATS (JSON value; once a second)
+_OPS = frozenset((HELLO, GET, PUT, DELETE, BATCH, STATS))
 
 # Answer kinds.
 BODY = 0

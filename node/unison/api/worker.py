@@ -32,7 +32,7 @@ from aiohttp import web
 
 from unison import eventloop
 from unison.api import fastpath, frames
-from unison.api.app import Observer
+from unison.api.app import REQUESTS_KEY, Observer
 from unison.api.auth import guard, load_tokens
 from unison.api.kv import (
     encode_key,
@@ -61,6 +61,7 @@ log = logging.getLogger("unison.worker")
 
 _PR_SET_PDEATHSIG = 1
 SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get on SIGTERM
+REPORT_INTERVAL = 1.0  # seconds between request-count reports to the writer
 GONE = "unavailable: the node's writer process is gone"
 
 
@@ -227,7 +228,8 @@ class HotRoutes:
 def build_worker_app(spec: WorkerSpec, cfg: HttpConfig, link: WriterLink,
                      proxy: Proxy) -> web.Application:
     app = web.Application(client_max_size=cfg.max_body_size)
-    observe = Observer(RequestCounter(), cfg.max_body_size)
+    requests = app[REQUESTS_KEY] = RequestCounter()  # sent to the writer's /metrics
+    observe = Observer(requests, cfg.max_body_size)
     hot = HotRoutes(spec, cfg, link, proxy)
     tokens = load_tokens(cfg)
     read, write = guard(tokens, "read"), guard(tokens, "write")
@@ -254,7 +256,8 @@ class SharedPortSite(BoundedSite):
         self.sock = sock
         if fastpath.enabled(cfg):
             self.routes = worker_routes(spec.namespaces, spec.writable, spec.merged, link,
-                                        cfg.max_key_size, cfg.max_body_size)
+                                        cfg.max_key_size, cfg.max_body_size,
+                                        runner.app[REQUESTS_KEY])  # type: ignore[attr-defined]
 
     def _factory(self, server: web.Server,
                  loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Protocol]:
@@ -321,15 +324,39 @@ async def _serve(spec: WorkerSpec) -> None:
     site = SharedPortSite(runner, cfg, sock, spec, link)
     await site.start()
     link.send(frames.request(spec.index, 0, frames.HELLO))
+    reporting = asyncio.create_task(_report(link, runner.app[REQUESTS_KEY]))
     log.debug("HTTP worker %d (pid %d) listening on :%d", spec.index, os.getpid(), spec.port)
     waits = [asyncio.ensure_future(link.closed.wait()), asyncio.ensure_future(stop.wait())]
     await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for w in waits:
+    for w in (*waits, reporting):
         w.cancel()
     if not stop.is_set():
         log.warning("HTTP worker %d: the writer closed its socket; exiting", spec.index)
     await runner.cleanup()
     await proxy.close()
+
+
+def counts_snapshot(requests: RequestCounter) -> bytes | None:
+    """What `requests` counted since the last snapshot (JSON), and reset; None if nothing."""
+    if not requests.counts and not requests.fast_answered and not requests.fast_handed_over:
+        return None
+    data = {"counts": [[*k, n] for k, n in requests.counts.items()],
+            "durations": [[*k, hist] for k, hist in requests.durations.items()],
+            "fast": [requests.fast_answered, requests.fast_handed_over]}
+    requests.counts.clear()
+    requests.durations.clear()
+    requests.fast_answered = requests.fast_handed_over = 0
+    return json.dumps(data).encode()
+
+
+async def _report(link: WriterLink, requests: RequestCounter) -> None:
+    """Send the worker's request counts to the writer every REPORT_INTERVAL, so the
+    node's /metrics counts what its workers answered."""
+    while True:
+        await asyncio.sleep(REPORT_INTERVAL)
+        data = counts_snapshot(requests)
+        if data is not None:
+            link.send(frames.request(0, 0, frames.STATS, b"", data))
 
 
 def _die_with_parent(parent: int) -> None:

@@ -105,8 +105,9 @@ class WorkerFastPath(fastpath.FastPathProtocol):
 
 
 def worker_routes(namespaces: list[str], writable: list[str], merged: list[str],
-                  link: WriterLink, max_key: int, max_body: int) -> fastpath.Routes:
+                  link: WriterLink, max_key: int, max_body: int,
+                  requests: RequestCounter) -> fastpath.Routes:
     stores: dict[str, Any] = {ns: RemoteStore(ns, i, ns in merged, link)
                               for i, ns in enumerate(namespaces)}
     return fastpath.Routes(cast(dict[str, NamespaceStore], stores), frozenset(writable),
-                           max_key, max_body, RequestCounter())
+                           max_key, max_body, requests)

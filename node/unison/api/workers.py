@@ -31,7 +31,9 @@ from typing import cast
 from aiohttp import web
 
 from unison.api import frames
+from unison.api.app import REQUESTS_KEY
 from unison.api.kv import batch_answer
+from unison.api.metrics import RequestCounter
 from unison.api.responses import SUCCESS_BODY
 from unison.api.worker import WorkerSpec, listening_socket
 from unison.context import NodeContext
@@ -51,11 +53,30 @@ def _error(message: str) -> bytes:
     return json.dumps({"error": message}, separators=(",", ":")).encode()
 
 
+def add_counts(requests: RequestCounter, data: bytes) -> None:
+    """Add a worker's counts (api/worker.py counts_snapshot) to the writer's."""
+    try:
+        report = json.loads(data)
+        for method, route, status, n in report["counts"]:
+            key = (method, route, status)
+            requests.counts[key] = requests.counts.get(key, 0) + n
+        for method, route, hist in report["durations"]:
+            mine = requests.durations.setdefault((method, route), [0.0] * len(hist))
+            for i, v in enumerate(hist):
+                mine[i] += v
+        requests.fast_answered += report["fast"][0]
+        requests.fast_handed_over += report["fast"][1]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise frames.FrameError(f"request counts: {e}") from None
+
+
 class WorkerLink(asyncio.Protocol):
     """The writer's end of one worker's socket: decodes frames, executes them, answers."""
 
-    def __init__(self, stores: list[NamespaceStore], max_frame: int) -> None:
+    def __init__(self, stores: list[NamespaceStore], max_frame: int,
+                 requests: RequestCounter) -> None:
         self.stores = stores
+        self.requests = requests  # the writer app's: /metrics counts the workers' requests
         self.reader = frames.RequestReader(max_frame)
         self.ready = asyncio.Event()
         self.out: list[bytes] = []
@@ -92,6 +113,9 @@ class WorkerLink(asyncio.Protocol):
     def _execute(self, r: frames.Request) -> None:
         if r.op == frames.HELLO:
             self.ready.set()
+            return
+        if r.op == frames.STATS:
+            add_counts(self.requests, r.value)
             return
         if r.ns >= len(self.stores):
             raise frames.FrameError(f"request {r.rid}: no namespace {r.ns}")
@@ -165,6 +189,7 @@ class WorkerPool:
         self.cfg = ctx.config
         self.count = self.cfg.http.workers
         self.stores = [ctx.stores[ns] for ns in self.cfg.storage.namespaces]
+        self.requests = app[REQUESTS_KEY]
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                     keepalive_timeout=self.cfg.http.idle_timeout,
                                     lingering_time=1.0)
@@ -216,7 +241,7 @@ class WorkerPool:
         slot.started = time.monotonic()
         max_frame = self.cfg.http.max_body_size + (1 << 20)
         _, slot.link = await loop.create_unix_connection(
-            lambda: WorkerLink(self.stores, max_frame), sock=mine)
+            lambda: WorkerLink(self.stores, max_frame, self.requests), sock=mine)
         ready = asyncio.ensure_future(slot.link.ready.wait())
         exited = asyncio.ensure_future(slot.proc.wait())
         await asyncio.wait((ready, exited), timeout=START_TIMEOUT,
