@@ -35,6 +35,7 @@ from unison.api import fastpath, frames
 from unison.api.app import REQUESTS_KEY, Observer
 from unison.api.auth import guard, load_tokens
 from unison.api.kv import (
+    MIN_LSN_HEADER,
     encode_key,
     get_response,
     merged_mutation,
@@ -204,7 +205,7 @@ class HotRoutes:
     async def get(self, request: web.Request) -> web.StreamResponse:
         _, i = self._ns(request, False)
         key = self._key(request)
-        if request.query_string or "X-Unison-Min-LSN" in request.headers:
+        if request.query_string or MIN_LSN_HEADER in request.headers:
             return await self.proxy(request)  # a read at an LSN waits in the writer
         return _answer(await self.link.call(frames.request, i, frames.GET, key))
 
