@@ -24,7 +24,7 @@ from unison.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from unison.api.metrics import RequestCounter, node_registry
 from unison.api.metrics import render as render_metrics
 from unison.api.openapi import openapi_document
-from unison.api.responses import ApiError, error_response, json_bytes, json_ok
+from unison.api.responses import INTERNAL_ERROR, ApiError, error_response, json_bytes, json_ok
 from unison.api.watch import add_watch_routes, watch_metrics
 from unison.context import NodeContext
 from unison.storage import StoreClosed
@@ -86,7 +86,7 @@ class Observer:
             raise  # the client went away (e.g. mid-stream on /watch): nothing to answer
         except Exception:
             log.exception("internal error on %s %s", request.method, request.path)
-            return error_response(500, "internal error (see the node's log)")
+            return error_response(500, INTERNAL_ERROR)
 
     async def unmatched(self, request: web.Request) -> web.Response:
         """404, or 405 with every method the resources matching the path allow."""

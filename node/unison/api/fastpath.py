@@ -21,7 +21,6 @@ use the fast path at all. `UNISON_HTTP_FAST_PATH=0` turns it off (A/B measuremen
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -37,15 +36,20 @@ from aiohttp.http import SERVER_SOFTWARE
 
 from unison.api.kv import merged_mutation, put_value
 from unison.api.metrics import RequestCounter
-from unison.api.responses import SUCCESS_BODY, ApiError
+from unison.api.responses import (
+    INTERNAL_ERROR,
+    NOT_FOUND_BODY,
+    SUCCESS_BODY,
+    UNCHANGED_BODY,
+    ApiError,
+    error_body,
+)
 from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
 
 log = logging.getLogger(__name__)
 
 ENV = "UNISON_HTTP_FAST_PATH"
 ROUTE = "/api/v1/{ns}/kv/{key}"  # the route's name in the request metrics, as aiohttp's
-_UNCHANGED_BODY = b'{"success":true,"changed":false}'  # as kv's merged PUT answers
-_NOT_FOUND_BODY = b'{"value":"","found":false}'  # as kv.get answers
 _MAX_HEAD = 8190  # longer heads are aiohttp's (it answers 400/431 as it sees fit)
 # Bytes read ahead while a write commits (pipelined requests); beyond, reading pauses.
 _READ_AHEAD = 256 * 1024
@@ -265,7 +269,7 @@ class FastPathProtocol(asyncio.Protocol):
     def _answer(self, r: Request, start: float) -> None:
         if r.method == b"GET":
             value = r.store.get(r.key)
-            body = (_NOT_FOUND_BODY if value is None else
+            body = (NOT_FOUND_BODY if value is None else
                     b'{"value":"' + pybase64.b64encode(value) + b'","found":true}')
             self._respond("GET", 200, body, start)
             return
@@ -290,12 +294,12 @@ class FastPathProtocol(asyncio.Protocol):
         error = future.exception() if not future.cancelled() else StoreClosed("cancelled")
         if error is None:
             unchanged = mutation.changed is not None and mutation.changed == [False]
-            self._respond(method, 200, _UNCHANGED_BODY if unchanged else SUCCESS_BODY, start)
+            self._respond(method, 200, UNCHANGED_BODY if unchanged else SUCCESS_BODY, start)
         elif isinstance(error, StoreClosed):  # as the aiohttp route answers it
-            self._respond(method, 503, _error_body(str(error)), start)
+            self._respond(method, 503, error_body(str(error)), start)
         else:  # a bug: said in the log, answered as aiohttp's routes answer one
             log.error("internal error on %s %s", method, ROUTE, exc_info=error)
-            self._respond(method, 500, _error_body("internal error (see the node's log)"), start)
+            self._respond(method, 500, error_body(INTERNAL_ERROR), start)
         self._serve()
 
     def _respond(self, method: str, status: int, body: bytes, start: float) -> None:
@@ -341,10 +345,6 @@ class FastPathProtocol(asyncio.Protocol):
             self._timer = self._loop.call_later(max(left, 0.1), self._expire)
             return
         self.transport.close()
-
-
-def _error_body(message: str) -> bytes:
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
 
 
 def routes_for(app: web.Application) -> Routes | None:

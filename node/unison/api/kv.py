@@ -16,7 +16,15 @@ from typing import Any
 import pybase64
 from aiohttp import web
 
-from unison.api.responses import JSON, ApiError, json_ok, success
+from unison.api.responses import (
+    JSON,
+    NOT_FOUND_BODY,
+    UNCHANGED_BODY,
+    ApiError,
+    json_bytes,
+    json_ok,
+    success,
+)
 from unison.config.model import DEFAULT_MAX_KEY_BYTES
 from unison.context import NodeContext
 from unison.crdt import stored as crdt_stored
@@ -34,7 +42,6 @@ _WHITESPACE = str.maketrans("", "", " \t\r\n")
 # How JSON encoders write a PUT body `{"value": "<base64>"}` (compact, or with ": ").
 _PUT_BODY_PREFIXES = (b'{"value":"', b'{"value": "')
 _PUT_BODY_SUFFIX = b'"}'
-_NOT_FOUND = b'{"value":"","found":false}'
 
 
 def decode_b64(value: Any, field: str) -> bytes:
@@ -196,7 +203,7 @@ async def read_body(request: web.Request, max_body: int, read_timeout: float) ->
 def get_response(value: bytes | None) -> web.Response:
     """A GET's answer for the stored value (None: missing)."""
     if value is None:
-        return web.Response(body=_NOT_FOUND, content_type=JSON)
+        return web.Response(body=NOT_FOUND_BODY, content_type=JSON)
     # base64 needs no JSON escaping, so the body is assembled directly.
     return web.Response(body=b'{"value":"' + _b64encode(value) + b'","found":true}',
                         content_type=JSON)
@@ -296,7 +303,7 @@ class KvRoutes:
         mutation = merged_mutation(key, value, "value")
         await self._write(store, [mutation])
         if mutation.changed and not mutation.changed[0]:
-            return json_ok({"success": True, "changed": False})
+            return json_bytes(200, UNCHANGED_BODY)
         return success()
 
     async def get(self, request: web.Request) -> web.Response:

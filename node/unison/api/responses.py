@@ -13,6 +13,9 @@ from aiohttp import web
 
 JSON = "application/json"
 SUCCESS_BODY = b'{"success":true}'
+UNCHANGED_BODY = b'{"success":true,"changed":false}'  # a merged CRDT PUT that changed nothing
+NOT_FOUND_BODY = b'{"value":"","found":false}'  # GET of a missing key
+INTERNAL_ERROR = "internal error (see the node's log)"
 
 
 class ApiError(Exception):
@@ -37,5 +40,9 @@ def success() -> web.Response:
     return web.Response(body=SUCCESS_BODY, content_type=JSON)
 
 
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}, separators=(",", ":")).encode()
+
+
 def error_response(status: int, message: str) -> web.Response:
-    return json_ok({"error": message}, status)
+    return json_bytes(status, error_body(message))

@@ -91,6 +91,8 @@ class BoundedSite(web.TCPSite):
     """A TCPSite whose protocol factory applies `max_connections` and the header deadline,
     and puts the fast path (fastpath.py) in front of a node's app."""
 
+    fast_protocol: type[fastpath.FastPathProtocol] = fastpath.FastPathProtocol
+
     def __init__(self, runner: web.BaseRunner, cfg: HttpConfig, host: str, port: int,
                  **kwargs: Any) -> None:
         super().__init__(runner, host, port, **kwargs)
@@ -121,7 +123,7 @@ class BoundedSite(web.TCPSite):
                                 "answering 503 (%d refused so far)", self.cap, self.refused)
                 return _Refuse()
             if self.routes is not None:
-                fast = fastpath.FastPathProtocol(
+                fast = self.fast_protocol(
                     self.routes, server, header_timeout=self.header_timeout,
                     idle_timeout=self.idle_timeout, handed_over=self._handed_over,
                     closed=self.fast.discard)

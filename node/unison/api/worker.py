@@ -24,7 +24,6 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, cast
 
@@ -251,6 +250,8 @@ class SharedPortSite(BoundedSite):
     """BoundedSite (connection cap, header deadline, the fast path) on a socket bound with
     SO_REUSEPORT; the fast path's stores are the writer's, through the link."""
 
+    fast_protocol = WorkerFastPath  # a GET is a frame to the writer, not a local read
+
     def __init__(self, runner: web.BaseRunner, cfg: HttpConfig, sock: socket.socket,
                  spec: WorkerSpec, link: WriterLink) -> None:
         super().__init__(runner, cfg, cfg.listen_ip, 0)
@@ -259,20 +260,6 @@ class SharedPortSite(BoundedSite):
             self.routes = worker_routes(spec.namespaces, spec.writable, spec.merged, link,
                                         cfg.max_key_size, cfg.max_body_size,
                                         runner.app[REQUESTS_KEY])  # type: ignore[attr-defined]
-
-    def _factory(self, server: web.Server,
-                 loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Protocol]:
-        make = super()._factory(server, loop)
-
-        def protocol() -> asyncio.Protocol:
-            p = make()
-            # BoundedSite makes the fast path's protocol; ours differs only in how a GET
-            # is read (a frame, not a local store), so the class is swapped, not copied.
-            if type(p) is fastpath.FastPathProtocol:
-                p.__class__ = WorkerFastPath
-            return p
-
-        return protocol
 
     async def start(self) -> None:
         await web.BaseSite.start(self)

@@ -20,14 +20,13 @@ import pybase64
 
 from unison.api import fastpath, frames
 from unison.api.metrics import RequestCounter
-from unison.api.responses import ApiError
+from unison.api.responses import NOT_FOUND_BODY, UNCHANGED_BODY, ApiError, error_body
 from unison.crdt import stored as crdt_stored
 from unison.storage import Merger, Mutation, NamespaceStore, Op, StoreClosed
 
 if TYPE_CHECKING:
     from unison.api.worker import WriterLink
 
-_UNCHANGED = b'{"success":true,"changed":false}'
 
 
 class RemoteStore:
@@ -67,7 +66,7 @@ def _settle(done: asyncio.Future[list[int]], m: Mutation,
     a = answer.result()
     if a.status == 200:
         if m.changed is not None:  # a merged CRDT PUT: did it change the state?
-            m.changed.append(a.payload != _UNCHANGED)
+            m.changed.append(a.payload != UNCHANGED_BODY)
         done.set_result([])
     elif a.status == 503:  # the writer's StoreClosed, with its message
         done.set_exception(StoreClosed(json.loads(a.payload)["error"]))
@@ -92,14 +91,14 @@ class WorkerFastPath(fastpath.FastPathProtocol):
             return
         error = answer.exception()
         if error is not None:
-            body = fastpath._error_body(getattr(error, "message", str(error)))
+            body = error_body(getattr(error, "message", str(error)))
             self._respond("GET", 503, body, start)
         else:
             a = answer.result()
             if a.kind == frames.FOUND:
                 body = b'{"value":"' + pybase64.b64encode(a.payload) + b'","found":true}'
             else:
-                body = fastpath._NOT_FOUND_BODY if a.kind == frames.MISSING else a.payload
+                body = NOT_FOUND_BODY if a.kind == frames.MISSING else a.payload
             self._respond("GET", a.status, body, start)
         self._serve()
 

@@ -34,7 +34,7 @@ from unison.api import frames
 from unison.api.app import REQUESTS_KEY
 from unison.api.kv import batch_answer
 from unison.api.metrics import RequestCounter
-from unison.api.responses import SUCCESS_BODY
+from unison.api.responses import INTERNAL_ERROR, SUCCESS_BODY, UNCHANGED_BODY, error_body
 from unison.api.worker import WorkerSpec, listening_socket
 from unison.context import NodeContext
 from unison.errors import StartupError
@@ -45,12 +45,7 @@ log = logging.getLogger("unison.workers")
 START_TIMEOUT = 30.0  # seconds a worker may take to listen
 STOP_TIMEOUT = 10.0  # seconds a worker may take to finish after SIGTERM
 RESTART_PAUSE = 1.0  # a worker that dies this soon after its start waits this long
-_UNCHANGED = b'{"success":true,"changed":false}'
-_INTERNAL = b'{"error":"internal error (see the node\'s log)"}'
-
-
-def _error(message: str) -> bytes:
-    return json.dumps({"error": message}, separators=(",", ":")).encode()
+_INTERNAL = error_body(INTERNAL_ERROR)
 
 
 def add_counts(requests: RequestCounter, data: bytes) -> None:
@@ -135,7 +130,7 @@ class WorkerLink(asyncio.Protocol):
         try:
             fut = store.submit(mutations)
         except StoreClosed as e:  # as api/kv.py: shutting down, queue full, sync stalled
-            self._send(frames.answer(r.rid, 503, frames.BODY, _error(str(e))))
+            self._send(frames.answer(r.rid, 503, frames.BODY, error_body(str(e))))
             return
         fut.add_done_callback(partial(self._written, r.rid, r.op, mutations))
 
@@ -143,7 +138,7 @@ class WorkerLink(asyncio.Protocol):
         try:
             value = store.get(r.key)
         except StoreClosed as e:
-            self._send(frames.answer(r.rid, 503, frames.BODY, _error(f"unavailable: {e}")))
+            self._send(frames.answer(r.rid, 503, frames.BODY, error_body(f"unavailable: {e}")))
             return
         except Exception:
             log.exception("internal error on GET of namespace %s (HTTP worker)", store.name)
@@ -158,7 +153,7 @@ class WorkerLink(asyncio.Protocol):
                  fut: asyncio.Future[list[int]]) -> None:
         error = fut.exception() if not fut.cancelled() else StoreClosed("write cancelled")
         if isinstance(error, StoreClosed):
-            self._send(frames.answer(rid, 503, frames.BODY, _error(str(error))))
+            self._send(frames.answer(rid, 503, frames.BODY, error_body(str(error))))
         elif error is not None:
             log.error("internal error on a write (HTTP worker)", exc_info=error)
             self._send(frames.answer(rid, 500, frames.BODY, _INTERNAL))
@@ -167,7 +162,7 @@ class WorkerLink(asyncio.Protocol):
             self._send(frames.answer(rid, 200, frames.BODY, body))
         else:
             changed = mutations[0].changed
-            body = _UNCHANGED if changed and not changed[0] else SUCCESS_BODY
+            body = UNCHANGED_BODY if changed and not changed[0] else SUCCESS_BODY
             self._send(frames.answer(rid, 200, frames.BODY, body))
 
 
