@@ -16,9 +16,10 @@ raises FrameError: the stream cannot be trusted after it, so its reader drops th
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from unison.storage import Mutation, Op
 
@@ -152,3 +153,25 @@ class AnswerReader(_Reader):
                 raise FrameError(f"answer {rid}: kind {kind}, status {status}")
             out.append(Answer(rid, status, kind, payload))
         return out
+
+
+class FrameLink(asyncio.Protocol):
+    """Either end of a worker's socket: frames sent in one write per event-loop turn."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def send(self, frame: bytes) -> None:
+        if not self.out:
+            self.loop.call_soon(self._flush)
+        self.out.append(frame)
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(self.out))
+        self.out.clear()

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -93,32 +93,17 @@ class WorkerSpec:
         return cls(**json.loads(text))
 
 
-class WriterLink(asyncio.Protocol):
+class WriterLink(frames.FrameLink):
     """The worker's end of its writer socket: frames out (written once per loop turn),
     answers matched to waiting requests by id. When the writer goes away every waiting
     request gets 503 and `closed` is set."""
 
     def __init__(self, max_frame: int) -> None:
+        super().__init__()
         self.reader = frames.AnswerReader(max_frame)
         self.pending: dict[int, asyncio.Future[frames.Answer]] = {}
-        self.out: list[bytes] = []
         self.next_rid = 1
         self.closed = asyncio.Event()
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
-
-    def send(self, frame: bytes) -> None:
-        if not self.out:
-            self.loop.call_soon(self._flush)
-        self.out.append(frame)
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
 
     def request(self, build: Any, *args: Any) -> asyncio.Future[frames.Answer]:
         """Send `build(rid, *args)`; the future gets its answer (ApiError 503 if the

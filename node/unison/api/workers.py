@@ -26,7 +26,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import cast
 
 from aiohttp import web
 
@@ -65,35 +64,21 @@ def add_counts(requests: RequestCounter, data: bytes) -> None:
         raise frames.FrameError(f"request counts: {e}") from None
 
 
-class WorkerLink(asyncio.Protocol):
+class WorkerLink(frames.FrameLink):
     """The writer's end of one worker's socket: decodes frames, executes them, answers."""
 
     def __init__(self, stores: list[NamespaceStore], max_frame: int,
                  requests: RequestCounter) -> None:
+        super().__init__()
         self.stores = stores
         self.requests = requests  # the writer app's: /metrics counts the workers' requests
         self.reader = frames.RequestReader(max_frame)
         self.ready = asyncio.Event()
-        self.out: list[bytes] = []
-        self.transport: asyncio.Transport | None = None
-        self.loop = asyncio.get_running_loop()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
-    def _send(self, frame: bytes) -> None:
-        if not self.out:
-            self.loop.call_soon(self._flush)
-        self.out.append(frame)
-
-    def _flush(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(self.out))
-        self.out.clear()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -130,7 +115,7 @@ class WorkerLink(asyncio.Protocol):
         try:
             fut = store.submit(mutations)
         except StoreClosed as e:  # as api/kv.py: shutting down, queue full, sync stalled
-            self._send(frames.answer(r.rid, 503, frames.BODY, error_body(str(e))))
+            self.send(frames.answer(r.rid, 503, frames.BODY, error_body(str(e))))
             return
         fut.add_done_callback(partial(self._written, r.rid, r.op, mutations))
 
@@ -138,32 +123,32 @@ class WorkerLink(asyncio.Protocol):
         try:
             value = store.get(r.key)
         except StoreClosed as e:
-            self._send(frames.answer(r.rid, 503, frames.BODY, error_body(f"unavailable: {e}")))
+            self.send(frames.answer(r.rid, 503, frames.BODY, error_body(f"unavailable: {e}")))
             return
         except Exception:
             log.exception("internal error on GET of namespace %s (HTTP worker)", store.name)
-            self._send(frames.answer(r.rid, 500, frames.BODY, _INTERNAL))
+            self.send(frames.answer(r.rid, 500, frames.BODY, _INTERNAL))
             return
         if value is None:
-            self._send(frames.answer(r.rid, 200, frames.MISSING))
+            self.send(frames.answer(r.rid, 200, frames.MISSING))
         else:
-            self._send(frames.answer(r.rid, 200, frames.FOUND, value))
+            self.send(frames.answer(r.rid, 200, frames.FOUND, value))
 
     def _written(self, rid: int, op: int, mutations: list[Mutation],
                  fut: asyncio.Future[list[int]]) -> None:
         error = fut.exception() if not fut.cancelled() else StoreClosed("write cancelled")
         if isinstance(error, StoreClosed):
-            self._send(frames.answer(rid, 503, frames.BODY, error_body(str(error))))
+            self.send(frames.answer(rid, 503, frames.BODY, error_body(str(error))))
         elif error is not None:
             log.error("internal error on a write (HTTP worker)", exc_info=error)
-            self._send(frames.answer(rid, 500, frames.BODY, _INTERNAL))
+            self.send(frames.answer(rid, 500, frames.BODY, _INTERNAL))
         elif op == frames.BATCH:
             body = json.dumps(batch_answer(mutations), separators=(",", ":")).encode()
-            self._send(frames.answer(rid, 200, frames.BODY, body))
+            self.send(frames.answer(rid, 200, frames.BODY, body))
         else:
             changed = mutations[0].changed
             body = UNCHANGED_BODY if changed and not changed[0] else SUCCESS_BODY
-            self._send(frames.answer(rid, 200, frames.BODY, body))
+            self.send(frames.answer(rid, 200, frames.BODY, body))
 
 
 @dataclass
