@@ -190,6 +190,11 @@ class Cluster:
             time.sleep(0.05)
         return want
 
+    def log_tails(self, lines: int = 5) -> str:
+        return "\n".join(f"{name}: " + " | ".join(
+            (self.workdir / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+            for name in self.procs if (self.workdir / f"{name}.log").exists())
+
     def stop(self) -> list[int | None]:
         return [stop_process(p) for p in reversed(list(self.procs.values()))]
 
@@ -244,11 +249,24 @@ def _notify_phase(c: Cluster, sizes: SeedSizes, out: Figures) -> None:
 
 
 def measure_variant(variant: Variant, sizes: SeedSizes, tag: str) -> Figures:
+    """One fresh cluster; tried twice (ports are picked free before the nodes bind them,
+    so another process can take one in between), failing with the nodes' log tails."""
+    try:
+        return _measure_once(variant, sizes, tag)
+    except RuntimeError as first:
+        print(f"... {variant.label}: {first}; trying again", file=sys.stderr, flush=True)
+        return _measure_once(variant, sizes, tag + "r")
+
+
+def _measure_once(variant: Variant, sizes: SeedSizes, tag: str) -> Figures:
     out = Figures()
     with tempfile.TemporaryDirectory(prefix="unison-bench-seed-") as d:
         c = Cluster(Path(d), variant, sizes)
         try:
-            c.start()
+            try:
+                c.start()
+            except RuntimeError as e:
+                raise RuntimeError(f"{e}\n{c.log_tails()}") from None
             _check_mode(c, variant)
             preload(c.dc1.http_port, sizes.preload, sizes.value_size)
             c.wait_relayer()
@@ -366,6 +384,14 @@ def run(profile: str) -> Any:
                    + synced["notes"] + interval["notes"])
 
 
+def _variant(text: str) -> Variant:
+    tree, mode, workers = [*text.split(","), "", ""][:3]
+    mode, workers = mode or "synced", workers or "0"
+    if mode not in ("synced", "interval") or not workers.isdigit():
+        raise SystemExit(f"--variant {text!r}: expected TREE[,synced|interval[,WORKERS]]")
+    return Variant(Path(tree).resolve(), mode, int(workers))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_seed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -375,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                    default=["synced", "interval"])
     p.add_argument("--workers", type=int, nargs="+", default=[0],
                    help="dc1's http_config.workers (several: one variant each)")
+    p.add_argument("--variant", action="append", default=None, metavar="TREE[,MODE[,WORKERS]]",
+                   help="one variant (repeat): e.g. /tmp/before,synced and .,interval,2; "
+                   "instead of the product of --tree, --durability and --workers")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=SeedSizes.seconds)
     p.add_argument("--preload", type=int, default=SeedSizes.preload)
@@ -382,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON result file")
     args = p.parse_args(argv)
     trees = [t.resolve() for t in (args.tree or [REPO])]
-    variants = [Variant(t, d, w) for t in trees for d in args.durability for w in args.workers]
+    variants = ([_variant(text) for text in args.variant] if args.variant else
+                [Variant(t, d, w) for t in trees for d in args.durability for w in args.workers])
     sizes = SIZES["smoke"] if args.smoke else SeedSizes(
         rounds=args.rounds, seconds=args.seconds, preload=args.preload)
     r = measure(variants, sizes, progress=lambda s: print(f"... {s}", file=sys.stderr,
