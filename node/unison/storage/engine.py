@@ -302,6 +302,20 @@ class NamespaceStore:
                            "restarts and recovers from its log")
             log.error("%s", self.failed)
 
+    def stall(self) -> None:
+        """A WAL sync is past storage_config.sync_timeout: refuse writes (503, and /readyz
+        says why) until unstall()."""
+        self.stalled = (f"namespace {self.name}: the WAL sync has not completed within "
+                        f"{self.sync_timeout:g}s (storage_config.sync_timeout); writes are "
+                        "refused until it does")
+        log.error("%s", self.stalled)
+
+    def unstall(self) -> None:
+        """The stalled WAL sync completed: take writes again."""
+        if self.stalled is not None:
+            log.warning("namespace %s: the WAL sync completed again; taking writes", self.name)
+            self.stalled = None
+
     def _require(self) -> Rdict:
         if self._db is None:
             raise StoreClosed(f"namespace {self.name} is closed")

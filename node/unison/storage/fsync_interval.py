@@ -78,19 +78,13 @@ class IntervalSync:
         store._synced_lsn = max(store._synced_lsn, target)
 
     def _stall(self) -> None:
-        store = self.store
-        store.stalled = (f"namespace {store.name}: the WAL sync has not completed within "
-                         f"{store.sync_timeout:g}s (storage_config.sync_timeout); writes are "
-                         "refused until it does")
         self._stalled_here = True
-        log.error("%s", store.stalled)
+        self.store.stall()
 
     def _unstall(self) -> None:
         if self._stalled_here:
             self._stalled_here = False
-            self.store.stalled = None
-            log.warning("namespace %s: the WAL sync completed again; taking writes",
-                        self.store.name)
+            self.store.unstall()
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

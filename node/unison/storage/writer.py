@@ -5,8 +5,9 @@ previous batch was syncing, assigns LSNs, writes data + log + meta as one batch,
 until it is durable, then answers every future in it (and publishes the records to the
 store's commit feed). In interval mode (storage_config.wal_fsync_interval) it answers
 once the batch is written; fsync_interval.py syncs the WAL, and stalls the store when
-that sync is slow, as the writer does here for a commit's own sync. A failed commit stops the store taking writes (its batch may still
-reach disk under LSNs the next one would reuse): `store.failed` says why until restart.
+that sync is slow, as the writer does here for a commit's own sync. A failed commit
+stops the store taking writes (its batch may still reach disk under LSNs the next one
+would reuse): `store.failed` says why until restart.
 
 Supervised: if the writer task itself dies (an exception nothing expected, or a cancel
 nobody asked for), the store is marked failed the same way, every queued and in-flight
@@ -155,9 +156,7 @@ class GroupCommitWriter:
         queued ones 503 now (they may still be applied) and refuse new ones until it ends."""
         store = self.store
         t = store.sync_timeout
-        store.stalled = (f"namespace {store.name}: the WAL sync has not completed within "
-                         f"{t:g}s (storage_config.sync_timeout); writes are refused until it does")
-        log.error("%s", store.stalled)
+        store.stall()
         error = WriteUnavailable(
             f"namespace {store.name}: the write was not confirmed durable within {t:g}s "
             "(storage_config.sync_timeout): the WAL sync is stalled; it may still be applied")
@@ -198,10 +197,7 @@ class GroupCommitWriter:
             finally:
                 if timer is not None:
                     timer.cancel()
-                    if store.stalled is not None:
-                        log.warning("namespace %s: the WAL sync completed again; taking "
-                                    "writes", store.name)
-                        store.stalled = None
+                    store.unstall()
             store.last_lsn = g.last
         store.stats.committed(g.last - g.first + 1, g.size, g.puts)
         records = g.records
