@@ -30,7 +30,6 @@ from email.utils import formatdate
 from time import perf_counter
 from typing import Any
 
-import pybase64
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
@@ -38,11 +37,11 @@ from unison.api.kv import merged_mutation, put_value
 from unison.api.metrics import RequestCounter
 from unison.api.responses import (
     INTERNAL_ERROR,
-    NOT_FOUND_BODY,
     SUCCESS_BODY,
     UNCHANGED_BODY,
     ApiError,
     error_body,
+    value_body,
 )
 from unison.storage import Mutation, NamespaceStore, Op, StoreClosed
 
@@ -268,10 +267,7 @@ class FastPathProtocol(asyncio.Protocol):
 
     def _answer(self, r: Request, start: float) -> None:
         if r.method == b"GET":
-            value = r.store.get(r.key)
-            body = (NOT_FOUND_BODY if value is None else
-                    b'{"value":"' + pybase64.b64encode(value) + b'","found":true}')
-            self._respond("GET", 200, body, start)
+            self._respond("GET", 200, value_body(r.store.get(r.key)), start)
             return
         if r.method == b"PUT":
             value = put_value(r.body)

@@ -18,12 +18,12 @@ from aiohttp import web
 
 from unison.api.responses import (
     JSON,
-    NOT_FOUND_BODY,
     UNCHANGED_BODY,
     ApiError,
     json_bytes,
     json_ok,
     success,
+    value_body,
 )
 from unison.config.model import DEFAULT_MAX_KEY_BYTES
 from unison.context import NodeContext
@@ -202,11 +202,7 @@ async def read_body(request: web.Request, max_body: int, read_timeout: float) ->
 
 def get_response(value: bytes | None) -> web.Response:
     """A GET's answer for the stored value (None: missing)."""
-    if value is None:
-        return web.Response(body=NOT_FOUND_BODY, content_type=JSON)
-    # base64 needs no JSON escaping, so the body is assembled directly.
-    return web.Response(body=b'{"value":"' + _b64encode(value) + b'","found":true}',
-                        content_type=JSON)
+    return web.Response(body=value_body(value), content_type=JSON)
 
 
 def batch_answer(mutations: list[Mutation]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pybase64
 from aiohttp import web
 
 JSON = "application/json"
@@ -38,6 +39,14 @@ def json_ok(data: Any, status: int = 200) -> web.Response:
 
 def success() -> web.Response:
     return web.Response(body=SUCCESS_BODY, content_type=JSON)
+
+
+def value_body(value: bytes | None) -> bytes:
+    """A GET's answer for the stored value (None: missing). base64 needs no JSON escaping,
+    so the body is assembled directly."""
+    if value is None:
+        return NOT_FOUND_BODY
+    return b'{"value":"' + pybase64.b64encode(value) + b'","found":true}'
 
 
 def error_body(message: str) -> bytes:

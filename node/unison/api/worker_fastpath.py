@@ -16,11 +16,9 @@ import json
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-import pybase64
-
 from unison.api import fastpath, frames
 from unison.api.metrics import RequestCounter
-from unison.api.responses import NOT_FOUND_BODY, UNCHANGED_BODY, ApiError, error_body
+from unison.api.responses import UNCHANGED_BODY, ApiError, error_body, value_body
 from unison.crdt import stored as crdt_stored
 from unison.storage import Merger, Mutation, NamespaceStore, Op, StoreClosed
 
@@ -95,10 +93,10 @@ class WorkerFastPath(fastpath.FastPathProtocol):
             self._respond("GET", 503, body, start)
         else:
             a = answer.result()
-            if a.kind == frames.FOUND:
-                body = b'{"value":"' + pybase64.b64encode(a.payload) + b'","found":true}'
+            if a.kind in (frames.FOUND, frames.MISSING):
+                body = value_body(a.payload if a.kind == frames.FOUND else None)
             else:
-                body = NOT_FOUND_BODY if a.kind == frames.MISSING else a.payload
+                body = a.payload
             self._respond("GET", a.status, body, start)
         self._serve()
 
